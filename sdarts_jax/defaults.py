@@ -1,0 +1,103 @@
+"""Default configurations: every number of SPEC.md lives here, once.
+
+Config files in `configs/` call these and override; `get_config(arg)` there takes a
+comma-separated argument string such as "smoke", "space=s3" or "dataset=cifar100,smoke"
+(`--config=configs/cifar10_adv.py:space=s3,smoke`).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+DATASETS = ("cifar10", "cifar100", "svhn_cropped")
+
+
+def parse_arg(arg: str | None, allowed: tuple[str, ...]) -> dict[str, str]:
+  """"smoke,space=s3" -> {"smoke": "", "space": "s3"}; ValueError for unknown keys."""
+  out = {}
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    if key not in allowed:
+      raise ValueError(f"unknown config argument {key!r}; known: {', '.join(allowed)}")
+    out[key] = value
+  return out
+
+
+def data_config() -> ml_collections.ConfigDict:
+  """Where the images come from and how they are batched (see `sdarts_jax.data`)."""
+  return ml_collections.ConfigDict(dict(
+      name="cifar10",         # TFDS name: cifar10, cifar100, svhn_cropped (or "synthetic")
+      folder="",              # image folder {train,test}/<class>/*.jpg; wins when set
+      tfds_data_dir="",       # TFDS data_dir ("" = TFDS's default)
+      max_examples=0,         # keep only the first N training examples (0 = all)
+      synthetic_examples=512, # size of the synthetic train split (name="synthetic")
+      image_size=32,          # synthetic images only
+      train_portion=0.5,      # first half of train trains the weights, second half alpha
+      batch_size=64,          # global batch, for the weight step and the alpha step each
+      augment=True,           # pad-and-crop + horizontal flip on both halves
+      crop_padding=4,
+  ))
+
+
+def search_config(method: str) -> ml_collections.ConfigDict:
+  """SDARTS search on CIFAR-10 in the DARTS space without `none` (SPEC sections 1-3)."""
+  c = ml_collections.ConfigDict()
+  c.mode = "search"
+  c.method = method          # darts | rs | adv
+  c.space = "s5"             # s5 (DARTS w/o none), darts, s1, s2, s3, s4
+  c.seed = 2
+  c.epochs = 50
+  c.model = ml_collections.ConfigDict(dict(
+      channels=16,           # initial channels C
+      layers=8,              # cells
+      stem_multiplier=3,
+      bn_momentum=0.9,       # Flax convention; PyTorch's momentum 0.1
+      impl="auto",           # depthwise-separable convs: auto | fused | grouped
+  ))
+  c.data = data_config()
+  c.weights = ml_collections.ConfigDict(dict(
+      lr=0.025, lr_min=0.001,  # cosine over the epochs
+      lr_epoch_offset=1,       # the reference steps its scheduler first: epoch e uses e + 1
+      momentum=0.9, weight_decay=3e-4, grad_clip=5.0,
+  ))
+  c.alpha = ml_collections.ConfigDict(dict(
+      lr=3e-4, b1=0.5, b2=0.999, adam_eps=1e-8,
+      weight_decay=1e-3,       # coupled L2, as PyTorch Adam(weight_decay=...)
+      init_scale=1e-3,         # alpha = init_scale * N(0, 1)
+  ))
+  c.perturb = ml_collections.ConfigDict(dict(
+      eps_start=0.03, eps_max=0.3,  # eps = start + (max - start) * epoch / epochs
+      steps=7,                      # PGD steps (step size 2 eps / steps)
+      random_start=True,
+  ))
+  c.eval_every_epochs = 1    # accuracy on the whole alpha half, BN in inference mode
+  c.log_every_steps = 20
+  c.checkpoint_every_epochs = 1
+  c.checkpoints_to_keep = 2
+  c.compilation_cache = "~/.cache/sdarts_jax/xla"  # "" disables JAX's persistent cache
+  return c
+
+
+def apply_search_args(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+  """Apply "space=..", "dataset=..", "smoke" (a run that finishes in under 2 minutes on CPU)."""
+  args = parse_arg(arg, ("space", "dataset", "smoke"))
+  if "space" in args:
+    c.space = args["space"]
+  if "dataset" in args:
+    dataset = args["dataset"]
+    if dataset in ("c100", "cifar100"):
+      dataset = "cifar100"
+    elif dataset in ("svhn", "svhn_cropped"):
+      dataset = "svhn_cropped"
+    elif dataset in ("c10", "cifar10"):
+      dataset = "cifar10"
+    else:
+      raise ValueError(f"unknown dataset argument {dataset!r}; known: cifar10, cifar100, svhn")
+    c.data.name = dataset
+  if "smoke" in args:
+    c.epochs = 2
+    c.model.channels = 4
+    c.model.layers = 3
+    c.data.batch_size = 16
+    c.data.max_examples = 256
+    c.log_every_steps = 4
+  return c

@@ -1,0 +1,93 @@
+"""Discrete cells: derivation from the mixing weights (SPEC section 4), JSON I/O, and the
+published genotypes.
+
+A genotype is the JSON object used by `genotypes.json`: per cell type a list of 8
+[op, input] pairs (edges 2i and 2i+1 feed node i; input 0 and 1 are the cell inputs,
+k >= 2 is node k - 2) and the list of states concatenated into the output.
+"""
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+from typing import Any, Mapping
+
+import numpy as np
+
+from sdarts_jax import spaces
+
+Genotype = dict[str, Any]  # {"normal": [[op, input], ...], "normal_concat": [...], "reduce"...}
+EDGES_PER_NODE = 2
+
+
+def derive_cell(weights: np.ndarray, edge_ops) -> list[list]:
+  """The discrete cell of one cell type.
+
+  For each node keep the EDGES_PER_NODE incoming edges with the largest max-over-ops weight,
+  ignoring `none` (ties go to the lower input, as a stable sort in the reference does); on
+  each kept edge take the best op other than `none`, looked up in that edge's own op list.
+  weights: [edges, ops] (A = softmax(alpha)); edge_ops: the space's op names per edge.
+  Returns [[op, input], ...], EDGES_PER_NODE per node, best edge first.
+  """
+  weights = np.asarray(weights)
+  endpoints = spaces.edge_endpoints()
+  cell = []
+  for node in range(spaces.NUM_NODES):
+    edges = [e for e, (_, target) in enumerate(endpoints) if target == node]
+    best_op = {}
+    for e in edges:
+      candidates = [k for k, op in enumerate(edge_ops[e]) if op != "none"]
+      best_op[e] = max(candidates, key=lambda k: (weights[e, k], -k))
+    kept = sorted(edges, key=lambda e: -weights[e, best_op[e]])[:EDGES_PER_NODE]
+    cell += [[edge_ops[e][best_op[e]], endpoints[e][0]] for e in kept]
+  return cell
+
+
+def derive(A: Mapping[str, np.ndarray], space: spaces.SearchSpace) -> Genotype:
+  """Genotype of mixing weights A = {"normal": [14, K], "reduce": [14, K]}."""
+  concat = list(range(2, 2 + spaces.NUM_NODES))
+  genotype: Genotype = {}
+  for cell_type in spaces.CELL_TYPES:
+    genotype[cell_type] = derive_cell(A[cell_type], space.ops(cell_type))
+    genotype[f"{cell_type}_concat"] = concat
+  return genotype
+
+
+def save(genotype: Genotype, path: str) -> None:
+  with open(path, "w") as f:
+    json.dump(genotype, f, indent=1)
+    f.write("\n")
+
+
+def published() -> dict[str, Genotype]:
+  """The published cells by name (SDARTS reference code and the DARTS paper)."""
+  text = resources.files("sdarts_jax").joinpath("genotypes.json").read_text()
+  return json.loads(text)["genotypes"]
+
+
+def validate(genotype: Genotype, where: str) -> Genotype:
+  """Raise ValueError naming `where` unless `genotype` is a well-formed DARTS cell pair."""
+  for cell_type in spaces.CELL_TYPES:
+    cell = genotype.get(cell_type)
+    if not isinstance(cell, list) or len(cell) != EDGES_PER_NODE * spaces.NUM_NODES:
+      raise ValueError(f"{where}: {cell_type!r} must list {EDGES_PER_NODE * spaces.NUM_NODES} "
+                       f"[op, input] pairs")
+    for i, pair in enumerate(cell):
+      op, src = pair
+      node = i // EDGES_PER_NODE
+      if op not in spaces.OPS or op == "none" or not 0 <= src < 2 + node:
+        raise ValueError(f"{where}: {cell_type} edge {i} = {pair} is not a valid [op, input] "
+                         f"for node {node}")
+  return genotype
+
+
+def resolve(name_or_path: str) -> Genotype:
+  """A published genotype by name, or a genotype JSON file written by a search."""
+  table = published()
+  if name_or_path in table:
+    return table[name_or_path]
+  if os.path.isfile(name_or_path):
+    with open(name_or_path) as f:
+      return validate(json.load(f), name_or_path)
+  raise ValueError(f"unknown genotype {name_or_path!r}: neither a file nor a published name "
+                   f"({', '.join(sorted(table))})")

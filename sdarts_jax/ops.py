@@ -1,0 +1,372 @@
+"""Candidate operations of the DARTS family, batched over the edges that share an input.
+
+In a DARTS cell every state feeds several edges (the two cell inputs feed four each), and
+each edge applies every candidate op to the same tensor. This module computes one op for
+*all* edges leaving one state at once: the parameter-free ops (pooling, identity) once,
+shared by those edges, and the convolutions as one convolution whose output channels hold
+every edge. The supernet graph then grows with (states x op kinds) rather than
+(edges x ops), which is what keeps XLA compile time down (see README, "Design").
+
+Tensors are NHWC. An op for E edges maps x [N, H, W, C] to [N, H', W', E, C_out], or to
+[N, H', W', 1, C_out] when its output is the same for every edge (pooling, identity).
+
+Depthwise-separable convolutions have two implementations with equal results:
+  * "fused": the depthwise kernel [k, k, C] and the pointwise kernel [C, D] are multiplied
+    into one dense kernel [k, k, C, D] and applied as a single dense convolution. On XLA:CPU
+    this is 3-10x faster than a grouped (depthwise) convolution, whose backward pass is
+    very slow there (see benchmarks/ops_depthwise.py).
+  * "grouped": a depthwise convolution (feature_group_count) followed by a 1x1 convolution,
+    the natural form for cuDNN and TPUs.
+`depthwise_impl()` picks by backend; parameters are the same in both, stored as in the
+PyTorch reference (a depthwise and a pointwise kernel per layer).
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+def depthwise_impl() -> str:
+  """"fused" on CPU, "grouped" on GPU and TPU (see the module docstring)."""
+  return "fused" if jax.default_backend() == "cpu" else "grouped"
+
+
+def torch_uniform(fan_in: int):
+  """PyTorch's default Conv2d/Linear initialiser: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def _lax_conv(x, kernel, stride: int, dilation: int, groups: int = 1):
+  pad = dilation * (kernel.shape[0] - 1) // 2
+  return lax.conv_general_dilated(
+      x, kernel, (stride, stride), [(pad, pad), (pad, pad)], rhs_dilation=(dilation, dilation),
+      dimension_numbers=_DN, feature_group_count=groups)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _dense_conv(x, kernel, stride: int, dilation: int):
+  return _lax_conv(x, kernel, stride, dilation)
+
+
+def _dense_conv_fwd(x, kernel, stride, dilation):
+  return _lax_conv(x, kernel, stride, dilation), (x, kernel)
+
+
+def _dense_conv_bwd(stride, dilation, residuals, g):
+  """Both gradients as plain NHWC/HWIO convolutions.
+
+  JAX's transpose rules give XLA convolutions with swapped kernel or batch dimensions,
+  which XLA:CPU rewrites into fast library calls outside loops but not inside a while
+  loop, where they ran 3-30x slower (measured); the step evaluates the supernet inside a
+  `lax.scan`, so the canonical forms are written out here:
+    dx = g, dilated by the stride, convolved with the flipped kernel [k, k, O, C];
+    dK[i, j, c, o] = sum_{n,h,w} xpad[n, s h + d i, s w + d j, c] g[n, h, w, o], a
+      convolution with batch C, features N and g as a [Ho, Wo, N, O] kernel.
+  """
+  x, kernel = residuals
+  k = kernel.shape[0]
+  pad = dilation * (k - 1) // 2
+  span = dilation * (k - 1)
+  ho, wo = g.shape[1:3]
+  h, w = x.shape[1:3]
+  flipped = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
+  dx = lax.conv_general_dilated(
+      g, flipped, (1, 1),
+      [(span - pad, h + pad - 1 - stride * (ho - 1)), (span - pad, w + pad - 1 - stride * (wo - 1))],
+      lhs_dilation=(stride, stride), rhs_dilation=(dilation, dilation), dimension_numbers=_DN)
+  rows, cols = span + stride * (ho - 1) + 1, span + stride * (wo - 1) + 1
+  xpad = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))[:, :rows, :cols]
+  dk = lax.conv_general_dilated(
+      jnp.transpose(xpad, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3)), (dilation, dilation),
+      "VALID", rhs_dilation=(stride, stride), dimension_numbers=_DN)
+  return dx, jnp.transpose(dk, (1, 2, 0, 3))
+
+
+_dense_conv.defvjp(_dense_conv_fwd, _dense_conv_bwd)
+
+
+def conv(x: jax.Array, kernel: jax.Array, stride: int = 1, dilation: int = 1,
+         groups: int = 1) -> jax.Array:
+  """2-D convolution with PyTorch's symmetric padding dilation * (k - 1) // 2.
+
+  x: [N, H, W, C]; kernel: [k, k, C // groups, D]. Returns [N, H', W', D].
+  """
+  if groups == 1:
+    return _dense_conv(x, kernel, stride, dilation)
+  return _lax_conv(x, kernel, stride, dilation, groups)
+
+
+def separable(x: jax.Array, dw: jax.Array, pw: jax.Array, stride: int, dilation: int,
+              impl: str) -> jax.Array:
+  """Depthwise kxk then pointwise 1x1 convolution of one input, for E edges.
+
+  x: [N, H, W, C]; dw: [E, k, k, C]; pw: [E, C, D]. Returns [N, H', W', E, D].
+  """
+  n_edges, k, _, c = dw.shape
+  d = pw.shape[-1]
+  if impl == "fused":
+    kernel = jnp.einsum("eijc,ecd->ijced", dw, pw).reshape(k, k, c, n_edges * d)
+    y = conv(x, kernel, stride, dilation)
+    return y.reshape(y.shape[:3] + (n_edges, d))
+  depthwise = jnp.transpose(dw, (1, 2, 3, 0)).reshape(k, k, 1, c * n_edges)
+  y = conv(x, depthwise, stride, dilation, groups=c)
+  y = y.reshape(y.shape[:3] + (c, n_edges))
+  return jnp.einsum("nhwce,ecd->nhwed", y, pw)
+
+
+def separable_per_edge(x: jax.Array, dw: jax.Array, pw: jax.Array, impl: str) -> jax.Array:
+  """Depthwise kxk (stride 1) then pointwise 1x1, a different input per edge.
+
+  x: [N, H, W, E, C]; dw: [E, k, k, C]; pw: [E, C, D]. Returns [N, H, W, E, D].
+  """
+  if impl == "fused":
+    # One dense convolution per edge: a block-diagonal kernel over the edges would cost
+    # E times the arithmetic, and grouped convolutions are slow on XLA:CPU.
+    return jnp.stack([separable(x[:, :, :, e], dw[e:e + 1], pw[e:e + 1], 1, 1, impl)[:, :, :, 0]
+                      for e in range(x.shape[3])], axis=3)
+  n, h, w, n_edges, c = x.shape
+  k = dw.shape[1]
+  depthwise = jnp.transpose(dw, (1, 2, 0, 3)).reshape(k, k, 1, n_edges * c)
+  y = conv(x.reshape(n, h, w, n_edges * c), depthwise, groups=n_edges * c)
+  return jnp.einsum("nhwec,ecd->nhwed", y.reshape(n, h, w, n_edges, c), pw)
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm over batch and space, with statistics per trailing feature ([E, C] or [C]).
+
+  `train` may be a traced boolean, so one compiled graph serves both modes: True normalises
+  with batch statistics and updates the running ones (as PyTorch's train mode, including
+  the unbiased variance in the running update); False uses the running statistics.
+
+  Attributes:
+    affine: learn a scale and bias (the stem and evaluation networks) or not (search ops).
+    momentum: Flax convention, running = momentum * running + (1 - momentum) * batch;
+      0.9 equals PyTorch's momentum=0.1.
+    epsilon: added to the variance.
+  """
+  affine: bool = False
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train) -> jax.Array:
+    features = x.shape[3:]
+    running_mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32)
+    running_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
+    axes = (0, 1, 2)
+    mean = jnp.mean(x, axes)
+    var = jnp.mean(jnp.square(x - mean), axes)
+    if not self.is_initializing():
+      count = x.shape[0] * x.shape[1] * x.shape[2]
+      unbiased = var * (count / max(count - 1, 1))
+      m = self.momentum
+      running_mean.value = jnp.where(train, m * running_mean.value + (1 - m) * mean,
+                                     running_mean.value)
+      running_var.value = jnp.where(train, m * running_var.value + (1 - m) * unbiased,
+                                    running_var.value)
+    mean = jnp.where(train, mean, running_mean.value)
+    var = jnp.where(train, var, running_var.value)
+    y = (x - mean) * lax.rsqrt(var + self.epsilon)
+    if self.affine:
+      y = y * self.param("scale", nn.initializers.ones, features)
+      y = y + self.param("bias", nn.initializers.zeros, features)
+    return y
+
+
+class ReLUConvBN(nn.Module):
+  """ReLU, 1x1 convolution, BatchNorm: the cell-input preprocessing. [N,H,W,C] -> [..., D]."""
+  features: int
+  affine: bool = False
+  bn_momentum: float = 0.9
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train) -> jax.Array:
+    kernel = self.param("kernel", torch_uniform(x.shape[-1]), (x.shape[-1], self.features))
+    y = jnp.einsum("nhwc,cd->nhwd", nn.relu(x), kernel)
+    return BatchNorm(self.affine, self.bn_momentum)(y, train)
+
+
+class FactorizedReduce(nn.Module):
+  """ReLU, two 1x1 stride-2 convolutions on x and on x shifted by one pixel, concatenated,
+  BatchNorm; for E edges at once.
+
+  x: [N, H, W, C] (H, W even) -> [N, H/2, W/2, E, D].
+  """
+  features: int
+  num_edges: int = 1
+  affine: bool = False
+  bn_momentum: float = 0.9
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train) -> jax.Array:
+    if self.features % 2:
+      raise ValueError(f"FactorizedReduce needs an even channel count, got {self.features}")
+    c, half = x.shape[-1], self.features // 2
+    init = torch_uniform(c)
+    k1 = self.param("kernel_1", init, (self.num_edges, c, half))
+    k2 = self.param("kernel_2", init, (self.num_edges, c, half))
+    x = nn.relu(x)
+    y = jnp.concatenate([jnp.einsum("nhwc,ecd->nhwed", x[:, ::2, ::2], k1),
+                         jnp.einsum("nhwc,ecd->nhwed", x[:, 1::2, 1::2], k2)], axis=-1)
+    return BatchNorm(self.affine, self.bn_momentum)(y, train)
+
+
+def max_pool_3x3(x: jax.Array, stride: int) -> jax.Array:
+  """3x3 max pooling, padding 1 (padded cells never win). [N,H,W,C] -> [N,H',W',C]."""
+  return lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, stride, stride, 1),
+                           [(0, 0), (1, 1), (1, 1), (0, 0)])
+
+
+def avg_pool_3x3(x: jax.Array, stride: int) -> jax.Array:
+  """3x3 average pooling, padding 1, padding excluded from the mean (PyTorch's
+  count_include_pad=False). [N,H,W,C] -> [N,H',W',C]."""
+  total = lax.reduce_window(x, 0.0, lax.add, (1, 3, 3, 1), (1, stride, stride, 1),
+                            [(0, 0), (1, 1), (1, 1), (0, 0)])
+  return total / _window_counts(x.shape[1], x.shape[2], stride)[None, :, :, None]
+
+
+@functools.lru_cache(maxsize=None)
+def _window_counts(height: int, width: int, stride: int) -> np.ndarray:
+  """How many real pixels each padded 3x3 window holds: [H', W'] (a trace-time constant)."""
+  rows = np.convolve(np.ones(height), np.ones(3))[1:-1][::stride]
+  cols = np.convolve(np.ones(width), np.ones(3))[1:-1][::stride]
+  return np.outer(rows, cols).astype(np.float32)
+
+
+class SepConv(nn.Module):
+  """sep_conv_kxk for E edges: (ReLU, depthwise kxk, pointwise 1x1, BN) twice, stride in
+  the first. x: [N, H, W, C] -> [N, H', W', E, C]."""
+  kernel_size: int
+  num_edges: int
+  stride: int
+  impl: str
+  bn_momentum: float = 0.9
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train) -> jax.Array:
+    e, k, c = self.num_edges, self.kernel_size, x.shape[-1]
+    dw1 = self.param("dw_1", torch_uniform(k * k), (e, k, k, c))
+    pw1 = self.param("pw_1", torch_uniform(c), (e, c, c))
+    dw2 = self.param("dw_2", torch_uniform(k * k), (e, k, k, c))
+    pw2 = self.param("pw_2", torch_uniform(c), (e, c, c))
+    y = separable(nn.relu(x), dw1, pw1, self.stride, 1, self.impl)
+    y = BatchNorm(momentum=self.bn_momentum, name="bn_1")(y, train)
+    y = separable_per_edge(nn.relu(y), dw2, pw2, self.impl)
+    return BatchNorm(momentum=self.bn_momentum, name="bn_2")(y, train)
+
+
+class DilConv(nn.Module):
+  """dil_conv_kxk for E edges: ReLU, depthwise kxk with dilation 2, pointwise 1x1, BN.
+  x: [N, H, W, C] -> [N, H', W', E, C]."""
+  kernel_size: int
+  num_edges: int
+  stride: int
+  impl: str
+  bn_momentum: float = 0.9
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train) -> jax.Array:
+    e, k, c = self.num_edges, self.kernel_size, x.shape[-1]
+    dw = self.param("dw", torch_uniform(k * k), (e, k, k, c))
+    pw = self.param("pw", torch_uniform(c), (e, c, c))
+    y = separable(nn.relu(x), dw, pw, self.stride, 2, self.impl)
+    return BatchNorm(momentum=self.bn_momentum)(y, train)
+
+
+class EdgeOp(nn.Module):
+  """One candidate op (by name) for the E edges that leave one state.
+
+  x: [N, H, W, C] -> [N, H', W', E, C], or [N, H', W', 1, C] for ops whose output does
+  not depend on the edge (pooling, identity). `none` is never built: it adds nothing.
+  """
+  op: str
+  num_edges: int
+  stride: int
+  impl: str
+  bn_momentum: float = 0.9
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train) -> jax.Array:
+    bn = functools.partial(BatchNorm, momentum=self.bn_momentum)
+    conv_args = dict(num_edges=self.num_edges, stride=self.stride, impl=self.impl,
+                     bn_momentum=self.bn_momentum)
+    if self.op == "max_pool_3x3":
+      return bn()(max_pool_3x3(x, self.stride)[:, :, :, None], train)
+    if self.op == "avg_pool_3x3":
+      return bn()(avg_pool_3x3(x, self.stride)[:, :, :, None], train)
+    if self.op == "skip_connect":
+      if self.stride == 1:
+        return x[:, :, :, None]
+      return FactorizedReduce(x.shape[-1], self.num_edges, bn_momentum=self.bn_momentum)(
+          x, train)
+    if self.op.startswith("sep_conv_"):
+      return SepConv(int(self.op[-1]), **conv_args)(x, train)
+    if self.op.startswith("dil_conv_"):
+      return DilConv(int(self.op[-1]), **conv_args)(x, train)
+    if self.op == "noise":
+      n, h, w, c = x[:, ::self.stride, ::self.stride].shape
+      return jax.random.normal(self.make_rng("noise"), (n, h, w, self.num_edges, c), x.dtype)
+    raise ValueError(f"unknown op {self.op!r}")
+
+
+class MixedOps(nn.Module):
+  """The mixed ops of all edges leaving one state: for each of its E edges,
+  sum_k A[edge, k] * op_k(x).
+
+  Attributes:
+    edge_ops: the op names of each outgoing edge (E tuples of K names).
+    stride: 2 on edges from a reduction cell's inputs, else 1.
+
+  Call: x [N, H, W, C], weights [E, K] (rows of the mixing weights A for these edges)
+  -> [N, H', W', E, C].
+  """
+  edge_ops: tuple[tuple[str, ...], ...]
+  stride: int
+  impl: str
+  bn_momentum: float = 0.9
+
+  @nn.compact
+  def __call__(self, x: jax.Array, weights: jax.Array, train) -> jax.Array:
+    n_edges = len(self.edge_ops)
+    total = None
+    for op in _ops_in_order(self.edge_ops):
+      slots = [i for i, ops in enumerate(self.edge_ops) if op in ops]
+      op_index = [self.edge_ops[i].index(op) for i in slots]
+      if op == "none":
+        continue
+      out = EdgeOp(op, len(slots), self.stride, self.impl, self.bn_momentum, name=op)(x, train)
+      w = weights[jnp.array(slots), jnp.array(op_index)]
+      term = _place(out * w[:, None], slots, n_edges)
+      total = term if total is None else total + term
+    if total is None:  # every op on these edges is `none`
+      n, h, w_, c = x[:, ::self.stride, ::self.stride].shape
+      total = jnp.zeros((n, h, w_, n_edges, c), x.dtype)
+    return total
+
+
+def _ops_in_order(edge_ops: Sequence[Sequence[str]]) -> list[str]:
+  """The distinct op names of `edge_ops`, in first-seen order."""
+  return list(dict.fromkeys(op for ops in edge_ops for op in ops))
+
+
+def _place(values: jax.Array, slots: list[int], n_edges: int) -> jax.Array:
+  """Put values [N, H, W, len(slots), C] at edge positions `slots` of [N, H, W, n_edges, C]."""
+  if slots == list(range(n_edges)):
+    return values
+  zeros = jnp.zeros_like(values[:, :, :, :1])
+  return jnp.concatenate([values[:, :, :, slots.index(i):slots.index(i) + 1]
+                          if i in slots else zeros for i in range(n_edges)], axis=3)
