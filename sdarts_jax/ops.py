@@ -150,7 +150,8 @@ class BatchNorm(nn.Module):
 
   `train` may be a traced boolean, so one compiled graph serves both modes: True normalises
   with batch statistics and updates the running ones (as PyTorch's train mode, including
-  the unbiased variance in the running update); False uses the running statistics.
+  the unbiased variance in the running update); False uses the running statistics. The
+  running statistics are only written when `batch_stats` is mutable in `apply`.
 
   Attributes:
     affine: learn a scale and bias (the stem and evaluation networks) or not (search ops).
@@ -170,7 +171,7 @@ class BatchNorm(nn.Module):
     axes = (0, 1, 2)
     mean = jnp.mean(x, axes)
     var = jnp.mean(jnp.square(x - mean), axes)
-    if not self.is_initializing():
+    if self.is_mutable_collection("batch_stats") and not self.is_initializing():
       count = x.shape[0] * x.shape[1] * x.shape[2]
       unbiased = var * (count / max(count - 1, 1))
       m = self.momentum

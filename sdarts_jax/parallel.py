@@ -1,0 +1,50 @@
+"""Data parallelism: a 1-D device mesh with a `data` axis, replicated state, sharded batch.
+
+Steps are `jax.jit`-compiled with these shardings (the jit replacement for `pmap`): XLA
+partitions the global computation, so gradients and BatchNorm statistics are over the
+global batch and random numbers (drawn for global shapes) are the same on every device.
+Results do not depend on the device count up to float summation order.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+
+
+def initialize_distributed() -> None:
+  """Join a multi-process run when the environment describes one (TPU pod slices, or
+  JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID for multi-host GPU);
+  a no-op for a single process. Must run before anything touches the devices."""
+  if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("TPU_WORKER_HOSTNAMES"):
+    jax.distributed.initialize()
+
+
+def make_mesh(num_devices: int | None = None) -> Mesh:
+  """A 1-D mesh over the first `num_devices` devices (all by default)."""
+  devices = jax.devices()
+  if num_devices is not None:
+    if not 0 < num_devices <= len(devices):
+      raise ValueError(f"asked for {num_devices} devices, {len(devices)} available")
+    devices = devices[:num_devices]
+  return Mesh(devices, (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) dimension split over the data axis."""
+  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def check_batch(batch_size: int, mesh: Mesh, field: str) -> None:
+  """ValueError unless the global batch splits evenly over the mesh."""
+  n = mesh.devices.size
+  if batch_size % n:
+    raise ValueError(f"{field}={batch_size} is not divisible by the {n} devices of the mesh; "
+                     f"use a multiple of {n}")

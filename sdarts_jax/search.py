@@ -1,0 +1,280 @@
+"""The search loop (SPEC sections 1-4): epochs, schedules, metrics, genotype, checkpoints.
+
+`train_and_evaluate(config, workdir)` runs a whole search and is what `main.py` calls.
+It reads top to bottom: checks, mesh, data, model and state, compiled functions,
+checkpoint, loop. The step itself lives in `sdarts_jax.step`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sdarts_jax import checkpoint, data, genotype, metrics, ops, parallel, spaces, step, supernet
+
+# Config fields that may change when a run resumes; any other difference is an error.
+RESUMABLE_FIELDS = ("log_every_steps", "compilation_cache", "checkpoints_to_keep",
+                    "eval_every_epochs", "checkpoint_every_epochs")
+
+
+class SearchError(RuntimeError):
+  """A search that cannot go on (non-finite loss, incompatible workdir)."""
+
+
+# ---------------------------------------------------------------- checks
+
+def check_config(config) -> None:
+  """One clear ValueError for configuration mistakes, before anything is loaded or compiled."""
+  if config.method not in step.METHODS:
+    raise ValueError(f"unknown method {config.method!r} (config.method); known: "
+                     f"{', '.join(step.METHODS)}")
+  spaces.validate(spaces.get_space(config.space))
+  for field in ("eps_start", "eps_max"):
+    value = config.perturb[field]
+    if not 0.0 <= value <= 1.0:
+      raise ValueError(f"config.perturb.{field}={value} is outside [0, 1]: the mixing weights "
+                       f"live on the simplex, so a perturbation radius above 1 is meaningless")
+  positive = {"config.epochs": config.epochs, "config.data.batch_size": config.data.batch_size,
+              "config.model.layers": config.model.layers,
+              "config.model.channels": config.model.channels,
+              "config.perturb.steps": config.perturb.steps}
+  for field, value in positive.items():
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f"{field}={value!r} must be a positive integer")
+  if not 0.0 < config.data.train_portion < 1.0:
+    raise ValueError(f"config.data.train_portion={config.data.train_portion} must be in (0, 1)")
+  if config.model.impl not in ("auto", "fused", "grouped"):
+    raise ValueError(f"config.model.impl={config.model.impl!r}; use auto, fused or grouped")
+
+
+def check_workdir(workdir: str) -> None:
+  """ValueError unless `workdir` can be created and written."""
+  if not workdir:
+    raise ValueError("--workdir is required: the directory for checkpoints, metrics and "
+                     "genotypes")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir):
+      pass
+  except OSError as e:
+    raise ValueError(f"--workdir={workdir} is not a writable directory ({e.strerror})") from None
+
+
+def check_resume(config, workdir: str) -> None:
+  """Save config.json, or check that the one already in workdir describes the same run."""
+  path = os.path.join(workdir, "config.json")
+  current = json.loads(config.to_json())
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    differ = sorted(k for k in set(saved) | set(current)
+                    if k not in RESUMABLE_FIELDS and saved.get(k) != current.get(k))
+    if differ:
+      raise ValueError(f"--workdir={workdir} holds a run with a different configuration "
+                       f"(fields {', '.join(differ)}); resume it with the same config or use "
+                       f"a new --workdir")
+  if metrics.is_writer():
+    with open(path, "w") as f:
+      json.dump(current, f, indent=1, sort_keys=True)
+
+
+def enable_compilation_cache(directory: str) -> None:
+  """JAX's persistent compilation cache: a rerun or resumed run does not compile again."""
+  if directory:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+# ---------------------------------------------------------------- model and state
+
+def build_model(config, num_classes: int) -> supernet.Supernet:
+  m = config.model
+  impl = ops.depthwise_impl() if m.impl == "auto" else m.impl
+  return supernet.Supernet(spaces.get_space(config.space), num_classes, m.channels, m.layers,
+                           m.stem_multiplier, impl, m.bn_momentum)
+
+
+def init_state(model: supernet.Supernet, config, image_shape, steps_per_epoch: int) -> dict:
+  """The search state at step 0. image_shape: (H, W, 3)."""
+  key = jax.random.PRNGKey(config.seed)
+  k_params, k_alpha, k_noise = jax.random.split(key, 3)
+  shape = model.space.alpha_shape()
+  alpha = {t: config.alpha.init_scale * jax.random.normal(k, shape)
+           for t, k in zip(spaces.CELL_TYPES, jax.random.split(k_alpha))}
+  x = jnp.zeros((2,) + tuple(image_shape), jnp.float32)
+  variables = model.init({"params": k_params, "noise": k_noise}, x,
+                         step.mixing_weights(alpha), False)
+  w_opt = step.weight_optimizer(config.weights, config.epochs, steps_per_epoch)
+  return {"params": variables["params"], "batch_stats": variables["batch_stats"],
+          "alpha": alpha, "w_opt": w_opt.init(variables["params"]),
+          "a_opt": step.alpha_optimizer(config.alpha).init(alpha),
+          "step": jnp.zeros((), jnp.int32)}
+
+
+def make_infer(model: supernet.Supernet, source: data.Source, seed: int):
+  """infer(params, batch_stats, A, images, labels, num_valid) -> (loss sum, correct count)
+  over the first num_valid examples, BatchNorm in inference mode."""
+  def infer(params, batch_stats, A, images, labels, num_valid):
+    x = data.preprocess(None, images, source.mean, source.std, augment=False)
+    logits = model.apply({"params": params, "batch_stats": batch_stats}, x, A, False,
+                         rngs={"noise": jax.random.PRNGKey(seed)})
+    valid = jnp.arange(labels.shape[0]) < num_valid
+    losses = jax.vmap(step.cross_entropy)(logits[:, None], labels[:, None])
+    correct = jnp.argmax(logits, -1) == labels
+    return jnp.sum(jnp.where(valid, losses, 0.0)), jnp.sum(jnp.where(valid, correct, 0))
+
+  return infer
+
+
+# ---------------------------------------------------------------- the search
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Run (or resume) a search; returns the last epoch's record."""
+  check_config(config)
+  check_workdir(workdir)
+  check_resume(config, workdir)
+  enable_compilation_cache(config.compilation_cache)
+
+  # Mesh.
+  mesh = parallel.make_mesh()
+  parallel.check_batch(config.data.batch_size, mesh, "config.data.batch_size")
+  replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+
+  # Input.
+  source = data.load(config.data, "train")
+  batches = data.SearchBatches(source, config.data.train_portion, config.data.batch_size,
+                               config.seed)
+  spe = batches.steps_per_epoch
+  total_steps = config.epochs * spe
+  _, alpha_half = data.search_split(len(source.labels), config.data.train_portion)
+  eval_source = data.Source(source.name, source.images[alpha_half], source.labels[alpha_half],
+                            source.num_classes, source.mean, source.std)
+
+  # Model and state.
+  model = build_model(config, source.num_classes)
+  init = jax.jit(lambda: init_state(model, config, source.images.shape[1:], spe),
+                 out_shardings=replicated)
+  abstract = jax.eval_shape(init)
+
+  # Compiled functions.
+  preprocess = lambda key, images: data.preprocess(
+      key, images, source.mean, source.std, config.data.augment, config.data.crop_padding)
+  train_step = jax.jit(step.make_step(model, config, spe, preprocess),
+                       in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
+                       donate_argnums=0)
+  infer = jax.jit(make_infer(model, source, config.seed),
+                  in_shardings=(replicated, replicated, replicated, sharded, sharded, None),
+                  out_shardings=replicated)
+
+  # Checkpoint.
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoints_to_keep)
+  latest = ckpt.latest_step()
+  if latest is None:
+    state = init()
+  else:
+    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+                            abstract)
+    try:
+      state, _ = ckpt.restore(latest, abstract)
+    except (ValueError, KeyError) as e:
+      raise SearchError(f"cannot restore the checkpoint at step {latest} in {workdir}: {e}")
+    _log(f"resumed from step {latest} (epoch {latest // spe})")
+
+  writer = metrics.MetricWriter(workdir)
+  preempted = _on_sigterm()
+  start = int(state["step"])
+  progress = metrics.Progress(total_steps, config.data.batch_size, config.log_every_steps, start)
+  if start == 0:
+    _log(f"search: {config.method} on {source.name} ({len(source.labels)} images, "
+         f"{spe} steps/epoch, {config.epochs} epochs), space {config.space}, "
+         f"{config.model.layers} cells, C={config.model.channels}, batch "
+         f"{config.data.batch_size}, {mesh.devices.size} device(s); compiling the step...")
+  record = {}
+  sums: dict[str, float] = {}
+  t_epoch = time.time()
+  for global_step in range(start, total_steps):
+    epoch, index = divmod(global_step, spe)
+    if index == 0:
+      sums, t_epoch = {}, time.time()
+    batch = data.to_global(batches.batch(epoch, index), sharded)
+    state, m = train_step(state, batch)
+    m = {k: float(v) for k, v in jax.device_get(m).items()}
+    if not all(np.isfinite(v) for v in m.values()):
+      last = ckpt.latest_step()
+      raise SearchError(f"non-finite metrics at step {global_step + 1}: {m}. The run stops; the "
+                        f"last good checkpoint (step {last}) is kept in {workdir}/checkpoints.")
+    for k, v in m.items():
+      sums[k] = sums.get(k, 0.0) + v
+    done = global_step + 1
+    progress.update(done, f"epoch {epoch + 1}/{config.epochs} loss {m['train_loss']:.3f} "
+                          f"acc {m['train_accuracy']:.3f} eps {m['eps']:.3f}")
+    if done % config.log_every_steps == 0:
+      writer.write("train", done, m)
+    if index == spe - 1:
+      record = _end_of_epoch(config, model, state, epoch, sums, spe, eval_source, infer,
+                             sharded, writer, workdir, time.time() - t_epoch)
+      if (epoch + 1) % config.checkpoint_every_epochs == 0 or done == total_steps:
+        ckpt.save(done, state, {"step": done, "epoch": epoch + 1})
+    if preempted() and done < total_steps:
+      ckpt.save(done, state, {"step": done, "epoch": epoch, "preempted": True})
+      ckpt.wait()
+      _log(f"\nSIGTERM: saved step {done}; rerun the same command to resume")
+      break
+  ckpt.wait()
+  ckpt.close()
+  writer.close()
+  return record
+
+
+def _end_of_epoch(config, model, state, epoch, sums, spe, eval_source, infer, sharded, writer,
+                  workdir, seconds) -> dict:
+  """Epoch means, accuracy on the alpha half, genotype and A: logged and written."""
+  A = jax.device_get(step.mixing_weights(state["alpha"]))
+  geno = genotype.derive(A, model.space)
+  record = {f"{k}": v / spe for k, v in sums.items()}
+  record.update(epoch=epoch + 1, seconds=seconds)
+  if config.eval_every_epochs and (epoch + 1) % config.eval_every_epochs == 0:
+    loss, correct = 0.0, 0
+    for images, labels, n in data.eval_batches(eval_source, config.data.batch_size):
+      batch = data.to_global({"image": images, "label": labels}, sharded)
+      l, c = infer(state["params"], state["batch_stats"], step.mixing_weights(state["alpha"]),
+                   batch["image"], batch["label"], n)
+      loss, correct = loss + float(l), correct + int(c)
+    record.update(eval_loss=loss / len(eval_source.labels),
+                  eval_accuracy=correct / len(eval_source.labels))
+  done = (epoch + 1) * spe
+  writer.write("epoch", done, {**record, "genotype": geno,
+                               "A": {t: np.asarray(a) for t, a in A.items()}})
+  writer.text("genotype", done, json.dumps(geno))
+  for cell_type, a in A.items():
+    writer.heatmap(f"A/{cell_type}", done, np.asarray(a))
+  if metrics.is_writer():
+    os.makedirs(os.path.join(workdir, "genotypes"), exist_ok=True)
+    genotype.save(geno, os.path.join(workdir, "genotypes", f"epoch_{epoch + 1:03d}.json"))
+    genotype.save(geno, os.path.join(workdir, "genotype.json"))
+  shown = {k: round(v, 4) for k, v in record.items() if isinstance(v, float)}
+  _log(f"\nepoch {epoch + 1}/{config.epochs}: {shown}\n  genotype {json.dumps(geno)}")
+  return record
+
+
+def _on_sigterm():
+  """Install a SIGTERM handler; returns a function telling whether SIGTERM arrived."""
+  flag = {"set": False}
+
+  def handler(signum, frame):
+    flag["set"] = True
+
+  signal.signal(signal.SIGTERM, handler)
+  return lambda: flag["set"]
+
+
+def _log(text: str) -> None:
+  if metrics.is_writer():
+    print(text, flush=True)

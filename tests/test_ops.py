@@ -1,0 +1,126 @@
+"""Candidate ops: shapes, the two depthwise implementations, the convolution's gradients."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from sdarts_jax import ops, spaces
+
+KEY = jax.random.PRNGKey(0)
+
+
+@pytest.mark.parametrize("stride,dilation,k,size", [
+    (1, 1, 3, 8), (2, 1, 3, 8), (1, 2, 3, 8), (2, 2, 5, 8), (1, 1, 5, 7), (2, 1, 1, 8),
+    (2, 2, 3, 7)])
+def test_conv_gradients_equal_lax(stride, dilation, k, size):
+  """The hand-written convolution backward pass equals JAX's own transpose rules."""
+  x = jax.random.normal(KEY, (2, size, size, 3))
+  w = jax.random.normal(jax.random.PRNGKey(1), (k, k, 3, 5))
+  ref = lambda x, w: ops._lax_conv(x, w, stride, dilation)
+  g = jax.random.normal(jax.random.PRNGKey(2), ref(x, w).shape)
+  want = jax.vjp(ref, x, w)[1](g)
+  got = jax.vjp(lambda x, w: ops.conv(x, w, stride, dilation), x, w)[1](g)
+  for a, b in zip(want, got):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_matches_pytorch_padding():
+  """Cross-correlation with padding 1: an impulse comes out as the flipped kernel, same size."""
+  x = jnp.zeros((1, 5, 5, 1)).at[0, 2, 2, 0].set(1.0)
+  w = jnp.arange(9.0).reshape(3, 3, 1, 1)
+  y = ops.conv(x, w)[0, :, :, 0]
+  np.testing.assert_array_equal(y[1:4, 1:4], np.arange(9.0).reshape(3, 3)[::-1, ::-1])
+
+
+@pytest.mark.parametrize("stride,dilation", [(1, 1), (2, 1), (1, 2), (2, 2)])
+def test_separable_fused_equals_grouped(stride, dilation):
+  x = jax.random.normal(KEY, (2, 8, 8, 4))
+  dw = jax.random.normal(jax.random.PRNGKey(1), (3, 5, 5, 4))
+  pw = jax.random.normal(jax.random.PRNGKey(2), (3, 4, 6))
+  fused = ops.separable(x, dw, pw, stride, dilation, "fused")
+  grouped = ops.separable(x, dw, pw, stride, dilation, "grouped")
+  assert fused.shape == (2, 8 // stride, 8 // stride, 3, 6)
+  np.testing.assert_allclose(fused, grouped, rtol=1e-4, atol=1e-4)
+  # Edge 1 alone: a plain depthwise conv (one group per channel) then a 1x1.
+  depthwise = lax.conv_general_dilated(
+      x, jnp.transpose(dw[1], (0, 1, 2))[:, :, None, :], (stride, stride),
+      [(2 * dilation, 2 * dilation)] * 2, rhs_dilation=(dilation, dilation),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=4)
+  np.testing.assert_allclose(fused[:, :, :, 1], depthwise @ pw[1], rtol=1e-4, atol=1e-4)
+
+
+def test_separable_per_edge_fused_equals_grouped():
+  x = jax.random.normal(KEY, (2, 6, 6, 3, 4))
+  dw = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 4))
+  pw = jax.random.normal(jax.random.PRNGKey(2), (3, 4, 4))
+  np.testing.assert_allclose(ops.separable_per_edge(x, dw, pw, "fused"),
+                             ops.separable_per_edge(x, dw, pw, "grouped"), rtol=1e-4, atol=1e-4)
+
+
+def test_pools():
+  x = jax.random.normal(KEY, (2, 6, 6, 3))
+  xp = np.pad(np.asarray(x), ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=np.nan)
+  windows = np.stack([xp[:, i:i + 6, j:j + 6] for i in range(3) for j in range(3)])
+  np.testing.assert_allclose(ops.max_pool_3x3(x, 1), np.nanmax(windows, 0), rtol=1e-6)
+  np.testing.assert_allclose(ops.avg_pool_3x3(x, 1), np.nanmean(windows, 0), rtol=1e-5)
+  np.testing.assert_allclose(ops.avg_pool_3x3(x, 2), np.nanmean(windows, 0)[:, ::2, ::2],
+                             rtol=1e-5)
+  assert ops.max_pool_3x3(x, 2).shape == (2, 3, 3, 3)
+
+
+def _run(module, *args, rngs=None):
+  variables = module.init({"params": KEY, "noise": KEY}, *args)
+  out, new = module.apply(variables, *args, mutable=["batch_stats"], rngs={"noise": KEY})
+  return out, variables, new
+
+
+@pytest.mark.parametrize("op", [o for o in spaces.OPS if o != "none"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_edge_op_shapes(op, stride):
+  x = jax.random.normal(KEY, (2, 8, 8, 4))
+  out, _, _ = _run(ops.EdgeOp(op, 3, stride, "fused"), x, True)
+  shared = op in ("max_pool_3x3", "avg_pool_3x3") or (op == "skip_connect" and stride == 1)
+  assert out.shape == (2, 8 // stride, 8 // stride, 1 if shared else 3, 4)
+
+
+def test_batchnorm_modes_and_pytorch_running_update():
+  x = jax.random.normal(KEY, (4, 3, 3, 2)) * 3 + 1
+  bn = ops.BatchNorm()
+  y, variables, new = _run(bn, x, True)
+  xn = np.asarray(x).reshape(-1, 2)
+  np.testing.assert_allclose(y.reshape(-1, 2), (xn - xn.mean(0)) / np.sqrt(xn.var(0) + 1e-5),
+                             rtol=1e-4, atol=1e-5)
+  # PyTorch: running = 0.9 running + 0.1 batch, with the unbiased variance.
+  np.testing.assert_allclose(new["batch_stats"]["mean"], 0.1 * xn.mean(0), rtol=1e-5)
+  np.testing.assert_allclose(new["batch_stats"]["var"], 0.9 + 0.1 * xn.var(0, ddof=1), rtol=1e-5)
+  # Inference mode: running statistics, which stay unchanged.
+  stats = {"mean": jnp.array([1.0, -1.0]), "var": jnp.array([4.0, 9.0])}
+  y, new = bn.apply({"batch_stats": stats}, x, False, mutable=["batch_stats"])
+  np.testing.assert_allclose(y, (x - stats["mean"]) / jnp.sqrt(stats["var"] + 1e-5), rtol=1e-5)
+  np.testing.assert_array_equal(new["batch_stats"]["mean"], stats["mean"])
+
+
+def test_mixed_ops_is_weighted_sum_of_ops():
+  """MixedOps on S1-like edges (different ops per edge) equals sum_k A[e,k] op_k(x)."""
+  edge_ops = (("skip_connect", "dil_conv_3x3"), ("max_pool_3x3", "skip_connect"),
+              ("dil_conv_3x3", "dil_conv_5x5"))
+  x = jax.random.normal(KEY, (2, 6, 6, 4))
+  w = jax.nn.softmax(jax.random.normal(jax.random.PRNGKey(3), (3, 2)))
+  mixed = ops.MixedOps(edge_ops, 1, "fused")
+  variables = mixed.init({"params": KEY}, x, w, True)
+  out = mixed.apply(variables, x, w, True, mutable=["batch_stats"])[0]
+  params, stats = variables["params"], variables["batch_stats"]
+
+  def single(op, edge_slot, n_edges):
+    module = ops.EdgeOp(op, n_edges, 1, "fused")
+    v = {"params": params.get(op, {}), "batch_stats": stats.get(op, {})}
+    y = module.apply(v, x, True, mutable=["batch_stats"])[0]
+    return y[:, :, :, 0 if y.shape[3] == 1 else edge_slot]
+
+  # dil_conv_3x3 is on edges 0 and 2 (slots 0, 1 of its batch); dil_conv_5x5 on edge 2.
+  want = [w[0, 0] * x + w[0, 1] * single("dil_conv_3x3", 0, 2),
+          w[1, 0] * single("max_pool_3x3", 0, 1) + w[1, 1] * x,
+          w[2, 0] * single("dil_conv_3x3", 1, 2) + w[2, 1] * single("dil_conv_5x5", 0, 1)]
+  for e in range(3):
+    np.testing.assert_allclose(out[:, :, :, e], want[e], rtol=1e-4, atol=1e-5)

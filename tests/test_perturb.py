@@ -1,0 +1,70 @@
+"""Perturbations of the mixing weights: projection, RS noise, PGD pieces."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sdarts_jax import perturb
+
+KEY = jax.random.PRNGKey(0)
+
+
+def _rows_on_simplex(a):
+  a = np.asarray(a)
+  assert (a >= 0).all() and (a <= 1).all()
+  np.testing.assert_allclose(a.sum(-1), 1.0, rtol=1e-6)
+
+
+def test_clip_hand_cases():
+  a = jnp.array([[0.5, 0.7, -0.2],     # clamp -> [0.5, 0.7, 0] -> / 1.2
+                 [-0.1, -0.3, -0.2],   # all clamped to 0: argmax (entry 0) becomes 1
+                 [1.5, 0.5, 0.0]])     # clamp -> [1, 0.5, 0] -> / 1.5
+  want = np.array([[0.5 / 1.2, 0.7 / 1.2, 0.0], [1.0, 0.0, 0.0], [1 / 1.5, 0.5 / 1.5, 0.0]])
+  np.testing.assert_allclose(perturb.clip({"normal": a})["normal"], want, rtol=1e-6)
+
+
+def test_clip_properties():
+  a = jax.random.normal(KEY, (14, 7))
+  c = perturb.clip(a)
+  _rows_on_simplex(c)
+  np.testing.assert_allclose(perturb.clip(c), c, rtol=1e-6)  # idempotent on the simplex
+  s = jax.nn.softmax(a)
+  np.testing.assert_allclose(perturb.clip(s), s, rtol=1e-6)
+
+
+def test_uniform_noise_in_box_and_independent():
+  A = {"normal": jnp.zeros((14, 7)), "reduce": jnp.zeros((14, 7))}
+  eps = 0.3
+  noise = perturb.uniform_noise(KEY, A, eps)
+  for n in noise.values():
+    assert (jnp.abs(n) <= eps).all()
+    assert len(np.unique(np.asarray(n))) == n.size  # every entry drawn independently
+  assert not np.allclose(noise["normal"], noise["reduce"])
+  big = perturb.uniform_noise(KEY, {"x": jnp.zeros((200000,))}, eps)["x"]
+  assert abs(float(big.mean())) < 0.01 and abs(float(big.var()) - eps**2 / 3) < 1e-3
+
+
+def test_random_start_is_clip_of_noisy_A():
+  A = {"normal": jax.nn.softmax(jax.random.normal(KEY, (14, 7)))}
+  eps = 0.1
+  out = perturb.random_start(KEY, A, eps)
+  noise = perturb.uniform_noise(KEY, A, eps)
+  np.testing.assert_allclose(out["normal"], perturb.clip(A["normal"] + noise["normal"]))
+  _rows_on_simplex(out["normal"])
+
+
+def test_pgd_update_hand_case():
+  A = jnp.array([[0.5, 0.3, 0.2]])
+  A_adv = jnp.array([[0.45, 0.35, 0.2]])
+  grad = jnp.array([[-1.0, 2.0, 0.0]])
+  eps, step = 0.1, 0.08
+  # A_adv + step * sign(grad) = [0.37, 0.43, 0.2]; minus A = [-0.13, 0.13, 0.0]
+  # clamp to the box: [-0.1, 0.1, 0] -> [0.4, 0.4, 0.2], already on the simplex.
+  np.testing.assert_allclose(perturb.pgd_update(A_adv, grad, A, eps, step), [[0.4, 0.4, 0.2]],
+                             rtol=1e-6)
+
+
+def test_accept_keeps_clean_when_attack_failed():
+  A, A_adv = {"n": jnp.ones((2, 2)) / 2}, {"n": jnp.eye(2)}
+  np.testing.assert_array_equal(perturb.accept(A_adv, A, 1.0, 2.0)["n"], A["n"])
+  np.testing.assert_array_equal(perturb.accept(A_adv, A, 2.0, 1.0)["n"], A_adv["n"])
+  np.testing.assert_array_equal(perturb.accept(A_adv, A, 1.0, 1.0)["n"], A_adv["n"])
