@@ -29,8 +29,12 @@ class Checkpointer:
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
 
-  def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
-    """abstract_state: jax.ShapeDtypeStruct pytree (with shardings) of the state."""
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def restore(self, step: int, abstract_state: Any = None) -> tuple[Any, dict]:
+    """abstract_state: jax.ShapeDtypeStruct pytree (with shardings) of the state; None
+    restores the arrays as saved, on the default device (for analysis)."""
     out = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     return out.state, out.meta

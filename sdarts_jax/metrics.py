@@ -64,29 +64,29 @@ class MetricWriter:
 
 
 class Progress:
-  """A one-line progress report on stderr: position, images/s, ETA and a few metrics.
+  """A one-line progress report on stderr: position, images/s (train images, from step time
+  alone), ETA and a few metrics.
 
   Rewrites the line in place on a terminal; prints a line every `every` steps otherwise.
   """
 
-  def __init__(self, total_steps: int, images_per_step: int, every: int, start_step: int = 0):
+  def __init__(self, total_steps: int, images_per_step: int, every: int):
     self.total, self.images, self.every = total_steps, images_per_step, max(1, every)
     self.tty = sys.stderr.isatty()
     self.enabled = is_writer()
-    self.start_step, self.start_time = start_step, None
+    self.calls, self.steps, self.seconds = 0, 0, 0.0
 
-  def update(self, step: int, text: str) -> None:
-    """step: steps done so far (after this one)."""
+  def update(self, step: int, seconds: float, text: str) -> None:
+    """step: steps done so far (after this one); seconds: how long this one took. The
+    first step of a process (which compiles) is left out of the rate."""
     if not self.enabled:
       return
-    now = time.time()
-    if self.start_time is None:  # the first step includes compilation: time from its end
-      self.start_step, self.start_time = step, now
+    self.calls += 1
+    if self.calls > 1:
+      self.steps, self.seconds = self.steps + 1, self.seconds + seconds
+    if self.steps < 1 or (not self.tty and step % self.every and step != self.total):
       return
-    if not self.tty and step % self.every and step != self.total:
-      return
-    done = step - self.start_step
-    rate = done / max(now - self.start_time, 1e-9)
+    rate = self.steps / max(self.seconds, 1e-9)
     eta = (self.total - step) / rate if rate else float("inf")
     line = (f"step {step}/{self.total} | {rate * self.images:.1f} img/s | "
             f"ETA {_clock(eta)} | {text}")

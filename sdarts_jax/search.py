@@ -190,7 +190,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   writer = metrics.MetricWriter(workdir)
   preempted = _on_sigterm()
   start = int(state["step"])
-  progress = metrics.Progress(total_steps, config.data.batch_size, config.log_every_steps, start)
+  progress = metrics.Progress(total_steps, config.data.batch_size, config.log_every_steps)
   if start == 0:
     _log(f"search: {config.method} on {source.name} ({len(source.labels)} images, "
          f"{spe} steps/epoch, {config.epochs} epochs), space {config.space}, "
@@ -203,9 +203,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     epoch, index = divmod(global_step, spe)
     if index == 0:
       sums, t_epoch = {}, time.time()
+    t_step = time.time()
     batch = data.to_global(batches.batch(epoch, index), sharded)
     state, m = train_step(state, batch)
     m = {k: float(v) for k, v in jax.device_get(m).items()}
+    t_step = time.time() - t_step
     if not all(np.isfinite(v) for v in m.values()):
       last = ckpt.latest_step()
       raise SearchError(f"non-finite metrics at step {global_step + 1}: {m}. The run stops; the "
@@ -213,7 +215,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     for k, v in m.items():
       sums[k] = sums.get(k, 0.0) + v
     done = global_step + 1
-    progress.update(done, f"epoch {epoch + 1}/{config.epochs} loss {m['train_loss']:.3f} "
+    progress.update(done, t_step, f"epoch {epoch + 1}/{config.epochs} loss {m['train_loss']:.3f} "
                           f"acc {m['train_accuracy']:.3f} eps {m['eps']:.3f}")
     if done % config.log_every_steps == 0:
       writer.write("train", done, m)

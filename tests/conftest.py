@@ -1,10 +1,45 @@
-"""Test setup: four host CPU devices, so sharding tests run without accelerators.
+"""Test setup: four host CPU devices, so sharding tests run without accelerators, and a
+tiny search configuration.
 
 XLA reads XLA_FLAGS when JAX initialises its backends, so this must run before any test
 module imports jax (pytest imports conftest.py first).
 """
 import os
 
-_FLAG = "--xla_force_host_platform_device_count=4"
-if _FLAG not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip()
+# Four CPU devices; LLVM at -O0, which halves compile time (tests run tiny models, where
+# compilation, not execution, is the cost).
+for _flag in ("--xla_force_host_platform_device_count=4", "--xla_backend_optimization_level=0"):
+  if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_flag}".strip()
+
+import pytest  # noqa: E402  (after XLA_FLAGS)
+
+
+def tiny_config(method_name="adv", **overrides):
+  """A search config small enough to compile in seconds: 1 (reduction) cell, C=4, synthetic
+  8x8 images, batch 8, space s3 (none, skip, sep3), 2 PGD steps."""
+  from sdarts_jax import defaults
+  c = defaults.search_config(method_name)
+  c.space = "s3"
+  c.epochs = 2
+  c.model.layers = 1
+  c.model.channels = 4
+  c.perturb.steps = 2
+  c.data.name = "synthetic"
+  c.data.image_size = 8
+  c.data.synthetic_examples = 64
+  c.data.batch_size = 8
+  c.log_every_steps = 1
+  c.compilation_cache = ""
+  for key, value in overrides.items():
+    target = c
+    *path, last = key.split(".")
+    for p in path:
+      target = target[p]
+    target[last] = value
+  return c
+
+
+@pytest.fixture
+def make_config():
+  return tiny_config

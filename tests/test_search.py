@@ -1,0 +1,141 @@
+"""The search loop end to end: outputs, exact resume after SIGTERM, bad input, real images."""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from sdarts_jax import checkpoint, data, search
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+JPEG = next((p for p in (ROOT.parent / "shared/data/cifar10-jpeg",
+                         pathlib.Path("/work/shared/data/cifar10-jpeg")) if p.is_dir()), None)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """Runs in this module share compiled steps through JAX's persistent cache, as a user's
+  resumed run does."""
+  before = jax.config.jax_compilation_cache_dir
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  yield
+  jax.config.update("jax_compilation_cache_dir", before)
+
+
+def _final_state(workdir):
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), 2)
+  step = ckpt.latest_step()
+  state, _ = ckpt.restore(step)
+  ckpt.close()
+  return step, state
+
+
+def test_search_writes_outputs_and_resumes_exactly(tmp_path, monkeypatch):
+  config = tiny_config("adv")  # 4 steps per epoch, 2 epochs
+  full = str(tmp_path / "full")
+  record = search.train_and_evaluate(config, full)
+  assert record["epoch"] == 2 and 0 <= record["eval_accuracy"] <= 1
+  lines = [json.loads(l) for l in open(os.path.join(full, "metrics.jsonl"))]
+  epochs = [l for l in lines if l["kind"] == "epoch"]
+  assert [e["epoch"] for e in epochs] == [1, 2]
+  assert set(epochs[0]["A"]) == {"normal", "reduce"} and len(epochs[0]["A"]["normal"]) == 14
+  with open(os.path.join(full, "genotype.json")) as f:
+    assert json.load(f) == epochs[-1]["genotype"]
+  assert os.path.exists(os.path.join(full, "genotypes", "epoch_001.json"))
+  assert os.listdir(os.path.join(full, "tensorboard"))
+
+  # Interrupted after step 3 (mid-epoch) by a simulated SIGTERM, then resumed.
+  calls = {"n": 0}
+
+  def sigterm_after_three():
+    def preempted():
+      calls["n"] += 1
+      return calls["n"] == 3
+    return preempted
+
+  resumed = str(tmp_path / "resumed")
+  monkeypatch.setattr(search, "_on_sigterm", sigterm_after_three)
+  search.train_and_evaluate(config, resumed)
+  assert _final_state(resumed)[0] == 3
+  monkeypatch.undo()
+  search.train_and_evaluate(config, resumed)
+  (s1, a), (s2, b) = _final_state(full), _final_state(resumed)
+  assert s1 == s2 == 8
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+  # Rerunning a finished run does nothing; a different config is refused.
+  search.train_and_evaluate(config, resumed)
+  with pytest.raises(ValueError, match="different configuration"):
+    search.train_and_evaluate(tiny_config("adv", seed=3), resumed)
+
+
+def test_sigterm_sets_the_flag():
+  previous = signal.getsignal(signal.SIGTERM)
+  try:
+    preempted = search._on_sigterm()
+    assert not preempted()
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert preempted()
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"space": "s9"}, "unknown search space 's9'"),
+    ({"method": "pgd"}, "unknown method 'pgd'"),
+    ({"perturb.eps_max": 1.5}, r"eps_max=1.5 is outside \[0, 1\]"),
+    ({"perturb.eps_start": -0.1}, "eps_start"),
+    ({"data.batch_size": 6}, "not divisible by the 4 devices"),
+    ({"data.name": "imagenet_x"}, "config.data.name"),
+    ({"data.folder": "/nonexistent/folder"}, "config.data.folder"),
+    ({"data.train_portion": 1.0}, "train_portion"),
+    ({"epochs": 0}, "config.epochs"),
+    ({"model.impl": "cudnn"}, "config.model.impl"),
+])
+def test_bad_input_is_one_clear_error(tmp_path, overrides, message):
+  if "batch_size" in str(overrides) and jax.device_count() != 4:
+    pytest.skip("needs the 4 CPU devices of conftest")
+  with pytest.raises(ValueError, match=message):
+    search.train_and_evaluate(tiny_config("adv", **overrides), str(tmp_path / "w"))
+
+
+def test_unwritable_workdir(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  with pytest.raises(ValueError, match="not a writable directory"):
+    search.train_and_evaluate(tiny_config("darts"), str(blocker / "w"))
+
+
+def test_missing_tfds_dataset_says_how_to_prepare(tmp_path):
+  config = tiny_config("darts", **{"data.name": "cifar10",
+                                   "data.tfds_data_dir": str(tmp_path / "tfds")})
+  with pytest.raises(data.DataError, match="tfds build cifar10"):
+    search.train_and_evaluate(config, str(tmp_path / "w"))
+
+
+def test_cli_reports_errors_in_one_line(tmp_path):
+  out = subprocess.run(
+      [sys.executable, "-m", "sdarts_jax.main", "--config=configs/cifar10_adv.py:smoke",
+       "--config.perturb.eps_max=2.0", f"--workdir={tmp_path}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines()[-1].startswith("error: config.perturb.eps_max=2.0")
+  assert "Traceback" not in out.stderr
+
+
+@pytest.mark.skipif(JPEG is None, reason="the shared CIFAR-10 JPEG folder is not here")
+def test_real_step_on_shared_jpeg_folder(tmp_path):
+  config = tiny_config("adv", **{"data.folder": str(JPEG), "data.max_examples": 32,
+                                 "epochs": 1})
+  record = search.train_and_evaluate(config, str(tmp_path))
+  assert record["epoch"] == 1 and np.isfinite(record["train_loss"])
+  assert 0 <= record["eval_accuracy"] <= 1
+  assert os.path.exists(tmp_path / "genotype.json")

@@ -1,0 +1,194 @@
+"""The SDARTS step: the scan-of-phases program against the step written out plainly, the
+PGD invariants, the optimizers against hand-computed updates, and device-count invariance."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import tiny_config
+from sdarts_jax import data, genotype, parallel, perturb, search, step
+
+SPE = 4  # steps per epoch used by the schedules
+
+
+@functools.lru_cache(maxsize=None)
+def setup(method):
+  """(config, model, initial state, batches, preprocess) for a tiny search."""
+  config = tiny_config(method)
+  source = data.load(config.data, "train")
+  batches = data.SearchBatches(source, 0.5, config.data.batch_size, config.seed)
+  model = search.build_model(config, source.num_classes)
+  state = jax.jit(lambda: search.init_state(model, config, source.images.shape[1:], SPE))()
+  preprocess = lambda key, images: data.preprocess(key, images, source.mean, source.std, True)
+  return config, model, state, batches, preprocess
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_step(method):
+  config, model, _, _, preprocess = setup(method)
+  return jax.jit(step.make_step(model, config, SPE, preprocess))
+
+
+def reference_step(config, model, preprocess, state, batch):
+  """SPEC section 1 written out without the scan: one supernet call per use.
+
+  Returns (new state, the mixing weights used by the weight step, the clean loss, the
+  BatchNorm statistics the attack ran with)."""
+  k_aug_t, k_aug_v, k_perturb, k_eval = jax.random.split(
+      jax.random.fold_in(jax.random.PRNGKey(config.seed), state["step"]), 4)
+  x, xv = preprocess(k_aug_t, batch["train_image"]), preprocess(k_aug_v, batch["val_image"])
+  y, yv = batch["train_label"], batch["val_label"]
+  eps = step.eps_at(state["step"], config.perturb, config.epochs, SPE)
+
+  def loss(params, stats, A, x, y, train, index):
+    logits, new = model.apply({"params": params, "batch_stats": stats}, x, A, train,
+                              mutable=["batch_stats"],
+                              rngs={"noise": jax.random.fold_in(k_eval, index)})
+    return step.cross_entropy(logits, y), new["batch_stats"]
+
+  params, stats, alpha = state["params"], state["batch_stats"], state["alpha"]
+  # 1. alpha step on the validation batch.
+  g_alpha, stats = jax.grad(
+      lambda a: loss(params, stats, step.mixing_weights(a), xv, yv, True, 0), has_aux=True)(alpha)
+  upd, a_opt = step.alpha_optimizer(config.alpha).update(g_alpha, state["a_opt"], alpha)
+  alpha = optax.apply_updates(alpha, upd)
+  # 2-3. mixing weights, perturbed.
+  A = step.mixing_weights(alpha)
+  clean, attack_stats = None, stats
+  if config.method == "rs":
+    A_w = perturb.random_start(k_perturb, A, eps)
+  elif config.method == "adv":
+    clean = loss(params, stats, A, x, y, False, 1)[0]
+    A_adv = perturb.random_start(k_perturb, A, eps)
+    for i in range(config.perturb.steps):
+      g = jax.grad(lambda a: loss(params, stats, a, x, y, False, 2 + i)[0])(A_adv)
+      A_adv = perturb.pgd_update(A_adv, g, A, eps, 2 * eps / config.perturb.steps)
+    attacked = loss(params, stats, A_adv, x, y, False, 2 + config.perturb.steps)[0]
+    A_w = perturb.accept(A_adv, A, attacked, clean)
+  else:
+    A_w = A
+  # 4. weight step.
+  index = 1 if config.method != "adv" else 3 + config.perturb.steps
+  g_w, stats = jax.grad(lambda p: loss(p, stats, A_w, x, y, True, index), has_aux=True)(params)
+  upd, w_opt = step.weight_optimizer(config.weights, config.epochs, SPE).update(
+      g_w, state["w_opt"], params)
+  params = optax.apply_updates(params, upd)
+  new = dict(state, params=params, batch_stats=stats, alpha=alpha, a_opt=a_opt, w_opt=w_opt,
+             step=state["step"] + 1)
+  return new, A_w, clean, attack_stats
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_reference(method):
+  config, model, _, _, preprocess = setup(method)
+  return jax.jit(functools.partial(reference_step, config, model, preprocess))
+
+
+@pytest.mark.parametrize("method", ["darts", "rs", "adv"])
+def test_step_equals_plain_reference(method):
+  _, _, state, batches, _ = setup(method)
+  batch = batches.batch(0, 0)
+  got, metrics = compiled_step(method)(state, batch)
+  want, _, clean, _ = compiled_reference(method)(state, batch)
+  for name in ("params", "batch_stats", "alpha", "a_opt", "w_opt", "step"):
+    for a, b in zip(jax.tree.leaves(got[name]), jax.tree.leaves(want[name])):
+      np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6, err_msg=name)
+  assert set(metrics) >= {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "eps", "lr"}
+  if method == "adv":
+    np.testing.assert_allclose(metrics["clean_loss"], clean, rtol=1e-5)
+
+
+def test_pgd_result_on_simplex_and_never_below_clean_loss():
+  config, model, state, batches, preprocess = setup("adv")
+  k_eval = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config.seed), 0), 4)[1]
+  for index in range(3):
+    batch = batches.batch(0, index)
+    _, A_w, clean, attack_stats = compiled_reference("adv")(state, batch)
+    for a in A_w.values():
+      assert (a >= 0).all() and (a <= 1).all()
+      np.testing.assert_allclose(a.sum(-1), 1.0, rtol=1e-5)
+    # The loss at the attack's result (same batch, inference BN) is never below the clean one.
+    x = preprocess(jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config.seed), 0), 4)[0],
+                   batch["train_image"])
+    logits = model.apply({"params": state["params"], "batch_stats": attack_stats}, x, A_w,
+                         False, rngs={"noise": k_eval})
+    assert step.cross_entropy(logits, batch["train_label"]) >= clean
+    metrics = compiled_step("adv")(state, batch)[1]
+    assert metrics["attacked_loss"] >= metrics["clean_loss"] or metrics["attack_kept"] == 0
+
+
+def test_alpha_optimizer_is_pytorch_adam_with_coupled_l2():
+  cfg = tiny_config().alpha
+  opt = step.alpha_optimizer(cfg)
+  w = jnp.array([0.3, -0.2])
+  grads = [jnp.array([0.1, 0.4]), jnp.array([-0.2, 0.05])]
+  state, m, v, ref = opt.init(w), np.zeros(2), np.zeros(2), np.asarray(w, np.float64)
+  for t, g in enumerate(grads, start=1):
+    upd, state = opt.update(g, state, w)
+    w = optax.apply_updates(w, upd)
+    d = np.asarray(g) + cfg.weight_decay * ref            # coupled L2
+    m = cfg.b1 * m + (1 - cfg.b1) * d
+    v = cfg.b2 * v + (1 - cfg.b2) * d**2
+    denom = np.sqrt(v) / np.sqrt(1 - cfg.b2**t) + cfg.adam_eps
+    ref = ref - cfg.lr / (1 - cfg.b1**t) * m / denom
+    np.testing.assert_allclose(w, ref, rtol=1e-6)
+
+
+def test_weight_optimizer_is_clip_decay_momentum_sgd():
+  cfg = tiny_config().weights
+  epochs, spe = 10, 2
+  opt = step.weight_optimizer(cfg, epochs, spe)
+  w = {"a": jnp.array([1.0, -2.0]), "b": jnp.array([0.5])}
+  grads = [{"a": jnp.array([3.0, 4.0]), "b": jnp.array([12.0])},   # norm 13 > 5: clipped
+           {"a": jnp.array([0.1, -0.2]), "b": jnp.array([0.3])},   # small: not clipped
+           {"a": jnp.array([1.0, 1.0]), "b": jnp.array([-1.0])}]
+  state = opt.init(w)
+  ref = {k: np.asarray(v, np.float64) for k, v in w.items()}
+  buf = {k: np.zeros_like(v) for k, v in ref.items()}
+  for t, g in enumerate(grads):
+    upd, state = opt.update(g, state, w)
+    w = optax.apply_updates(w, upd)
+    norm = np.sqrt(sum(np.sum(np.asarray(x) ** 2) for x in g.values()))
+    scale = min(1.0, cfg.grad_clip / norm)
+    e = t // spe + cfg.lr_epoch_offset
+    lr = cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + np.cos(np.pi * e / epochs))
+    for k in ref:
+      d = np.asarray(g[k]) * scale + cfg.weight_decay * ref[k]
+      buf[k] = cfg.momentum * buf[k] + d
+      ref[k] = ref[k] - lr * buf[k]
+      np.testing.assert_allclose(w[k], ref[k], rtol=1e-5, err_msg=f"step {t} {k}")
+
+
+def test_schedules():
+  cfg = tiny_config()
+  lr = step.weight_lr(cfg.weights, 50, 10)
+  # The reference steps its scheduler first: epoch 0 uses the cosine value at epoch 1.
+  np.testing.assert_allclose(lr(0), 0.001 + 0.024 * 0.5 * (1 + np.cos(np.pi / 50)), rtol=1e-6)
+  np.testing.assert_allclose(lr(9), lr(0))
+  np.testing.assert_allclose(lr(49 * 10), 0.001, rtol=1e-5)  # epoch 49 uses epoch 50: lr_min
+  eps = [float(step.eps_at(s, cfg.perturb, 50, 10)) for s in (0, 9, 10, 499)]
+  np.testing.assert_allclose(eps, [0.03, 0.03, 0.03 + 0.27 / 50, 0.03 + 0.27 * 49 / 50])
+
+
+def test_one_and_four_devices_agree():
+  if jax.device_count() < 4:
+    pytest.skip("needs 4 devices (conftest sets XLA_FLAGS for 4 CPU devices)")
+  config, model, state, batches, preprocess = setup("adv")
+  results = []
+  for n in (1, 4):
+    mesh = parallel.make_mesh(n)
+    rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    fn = jax.jit(step.make_step(model, config, SPE, preprocess), in_shardings=(rep, shard),
+                 out_shardings=(rep, rep))
+    s = jax.device_put(state, rep)
+    for i in range(3):
+      s, _ = fn(s, data.to_global(batches.batch(0, i), shard))
+    results.append(jax.device_get(s))
+  for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  genos = [genotype.derive(jax.device_get(step.mixing_weights(r["alpha"])), model.space)
+           for r in results]
+  assert genos[0] == genos[1]
