@@ -10,14 +10,17 @@ every edge. The supernet graph then grows with (states x op kinds) rather than
 Tensors are NHWC. An op for E edges maps x [N, H, W, C] to [N, H', W', E, C_out], or to
 [N, H', W', 1, C_out] when its output is the same for every edge (pooling, identity).
 
-Depthwise-separable convolutions have two implementations with equal results:
+Depthwise-separable convolutions have three implementations (`IMPLS`) with equal results:
   * "fused": the depthwise kernel [k, k, C] and the pointwise kernel [C, D] are multiplied
     into one dense kernel [k, k, C, D] and applied as a single dense convolution. On XLA:CPU
     this is 3-10x faster than a grouped (depthwise) convolution, whose backward pass is
-    very slow there (see benchmarks/ops_depthwise.py).
+    very slow there (see benchmarks/ops_depthwise.py). Its backward pass is written out
+    (`conv`), which reverse mode needs for speed inside loops but forward mode cannot use.
+  * "fused_autodiff": the same forward pass with JAX's own derivative rules; it supports
+    forward-mode autodiff, which the Hessian-vector products need (`autodiff_impl`).
   * "grouped": a depthwise convolution (feature_group_count) followed by a 1x1 convolution,
     the natural form for cuDNN and TPUs.
-`depthwise_impl()` picks by backend; parameters are the same in both, stored as in the
+`depthwise_impl()` picks by backend; parameters are the same in all, stored as in the
 PyTorch reference (a depthwise and a pointwise kernel per layer).
 """
 from __future__ import annotations
@@ -35,9 +38,17 @@ from jax import lax
 _DN = ("NHWC", "HWIO", "NHWC")
 
 
+IMPLS = ("fused", "fused_autodiff", "grouped")
+
+
 def depthwise_impl() -> str:
   """"fused" on CPU, "grouped" on GPU and TPU (see the module docstring)."""
   return "fused" if jax.default_backend() == "cpu" else "grouped"
+
+
+def autodiff_impl(impl: str) -> str:
+  """The implementation equal to `impl` that also supports forward-mode autodiff."""
+  return "fused_autodiff" if impl == "fused" else impl
 
 
 def torch_uniform(fan_in: int):
@@ -100,12 +111,13 @@ _dense_conv.defvjp(_dense_conv_fwd, _dense_conv_bwd)
 
 
 def conv(x: jax.Array, kernel: jax.Array, stride: int = 1, dilation: int = 1,
-         groups: int = 1) -> jax.Array:
+         groups: int = 1, impl: str = "fused") -> jax.Array:
   """2-D convolution with PyTorch's symmetric padding dilation * (k - 1) // 2.
 
-  x: [N, H, W, C]; kernel: [k, k, C // groups, D]. Returns [N, H', W', D].
+  x: [N, H, W, C]; kernel: [k, k, C // groups, D]. Returns [N, H', W', D]. Dense
+  convolutions use the written-out backward pass when impl is "fused".
   """
-  if groups == 1:
+  if groups == 1 and impl == "fused":
     return _dense_conv(x, kernel, stride, dilation)
   return _lax_conv(x, kernel, stride, dilation, groups)
 
@@ -118,9 +130,9 @@ def separable(x: jax.Array, dw: jax.Array, pw: jax.Array, stride: int, dilation:
   """
   n_edges, k, _, c = dw.shape
   d = pw.shape[-1]
-  if impl == "fused":
+  if impl != "grouped":
     kernel = jnp.einsum("eijc,ecd->ijced", dw, pw).reshape(k, k, c, n_edges * d)
-    y = conv(x, kernel, stride, dilation)
+    y = conv(x, kernel, stride, dilation, impl=impl)
     return y.reshape(y.shape[:3] + (n_edges, d))
   depthwise = jnp.transpose(dw, (1, 2, 3, 0)).reshape(k, k, 1, c * n_edges)
   y = conv(x, depthwise, stride, dilation, groups=c)
@@ -133,7 +145,7 @@ def separable_per_edge(x: jax.Array, dw: jax.Array, pw: jax.Array, impl: str) ->
 
   x: [N, H, W, E, C]; dw: [E, k, k, C]; pw: [E, C, D]. Returns [N, H, W, E, D].
   """
-  if impl == "fused":
+  if impl != "grouped":
     # One dense convolution per edge: a block-diagonal kernel over the edges would cost
     # E times the arithmetic, and grouped convolutions are slow on XLA:CPU.
     return jnp.stack([separable(x[:, :, :, e], dw[e:e + 1], pw[e:e + 1], 1, 1, impl)[:, :, :, 0]

@@ -16,10 +16,20 @@ DATA_AXIS = "data"
 
 
 def initialize_distributed() -> None:
-  """Join a multi-process run when the environment describes one (TPU pod slices, or
-  JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID for multi-host GPU);
-  a no-op for a single process. Must run before anything touches the devices."""
-  if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("TPU_WORKER_HOSTNAMES"):
+  """Join a multi-process run when the environment describes one; a no-op otherwise.
+
+  Multi-host GPU: JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and
+  JAX_PROCESS_ID (see launch/multihost_gpu.sh). TPU pod slices: TPU_WORKER_HOSTNAMES lists
+  several workers and JAX finds the rest itself. Must run before anything touches devices.
+  """
+  env = os.environ
+  if env.get("JAX_COORDINATOR_ADDRESS"):
+    missing = [k for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if k not in env]
+    if missing:
+      raise ValueError(f"JAX_COORDINATOR_ADDRESS is set but {', '.join(missing)} is not")
+    jax.distributed.initialize(env["JAX_COORDINATOR_ADDRESS"], int(env["JAX_NUM_PROCESSES"]),
+                               int(env["JAX_PROCESS_ID"]))
+  elif "," in env.get("TPU_WORKER_HOSTNAMES", ""):
     jax.distributed.initialize()
 
 

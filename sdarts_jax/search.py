@@ -49,8 +49,9 @@ def check_config(config) -> None:
       raise ValueError(f"{field}={value!r} must be a positive integer")
   if not 0.0 < config.data.train_portion < 1.0:
     raise ValueError(f"config.data.train_portion={config.data.train_portion} must be in (0, 1)")
-  if config.model.impl not in ("auto", "fused", "grouped"):
-    raise ValueError(f"config.model.impl={config.model.impl!r}; use auto, fused or grouped")
+  if config.model.impl not in ("auto",) + ops.IMPLS:
+    raise ValueError(f"config.model.impl={config.model.impl!r}; use auto or one of "
+                     f"{', '.join(ops.IMPLS)}")
 
 
 def check_workdir(workdir: str) -> None:

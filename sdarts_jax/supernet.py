@@ -68,7 +68,7 @@ class Supernet(nn.Module):
     channels: initial channels C (16 in the paper).
     layers: number of cells (8 in the paper).
     stem_multiplier: the stem outputs stem_multiplier * C channels.
-    impl: depthwise-separable implementation, "fused" or "grouped" (`ops.depthwise_impl`).
+    impl: convolution implementation, one of `ops.IMPLS` (`ops.depthwise_impl` by backend).
     bn_momentum: Flax-convention BatchNorm momentum (0.9 = PyTorch 0.1).
   """
   space: spaces.SearchSpace
@@ -88,7 +88,7 @@ class Supernet(nn.Module):
     stem_kernel = self.param("stem_kernel", ops.torch_uniform(9 * x.shape[-1]),
                              (3, 3, x.shape[-1], c))
     s = ops.BatchNorm(affine=True, momentum=self.bn_momentum, name="stem_bn")(
-        ops.conv(x, stem_kernel), train)
+        ops.conv(x, stem_kernel, impl=self.impl), train)
     s0 = s1 = s
     c = self.channels
     reduction_prev = False

@@ -1,0 +1,93 @@
+"""Exact Hessian-vector products, Lanczos, Hutchinson, and device-count invariance."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from sdarts_jax import data, hessian, parallel, search
+
+KEY = jax.random.PRNGKey(0)
+
+
+@functools.lru_cache(maxsize=None)
+def setup():
+  """A tiny supernet after init, two batches of 8 images: [2, 8, 8, 8, 3]."""
+  config = tiny_config("darts")
+  source = data.load(config.data, "train")
+  model = search.build_model(config, source.num_classes)
+  state = jax.jit(lambda: search.init_state(model, config, source.images.shape[1:], 4))()
+  x = data.preprocess(None, source.images[:16], source.mean, source.std, False)
+  return model, state, x.reshape(2, 8, 8, 8, 3), jnp.asarray(source.labels[:16]).reshape(2, 8)
+
+
+def _f64(tree):
+  return jax.tree.map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, tree)
+
+
+@pytest.mark.parametrize("wrt", ["alpha", "A"])
+def test_hvp_equals_dense_hessian_times_v(wrt):
+  model, state, x, y = setup()
+  options = hessian.HessianLoss(wrt=wrt, train_bn=True, weight_decay=1e-3)
+  with jax.enable_x64(True):
+    params, stats, alpha, x64 = _f64((state["params"], state["batch_stats"], state["alpha"], x))
+    loss, x0 = hessian.make_loss(model, options, params, stats, alpha, x64, y, KEY)
+    assert x0.dtype == jnp.float64 and x0.shape == (2 * 14 * 3,)
+    v = jax.random.normal(KEY, x0.shape, jnp.float64)
+    hv = jax.jit(lambda v: hessian.hvp(loss, x0, v))(v)
+    h = jax.jit(jax.hessian(loss))(x0)
+    np.testing.assert_allclose(hv, h @ v, rtol=1e-9, atol=1e-12)
+    assert float(jnp.abs(h - h.T).max()) < 1e-10 * float(jnp.abs(h).max())
+
+
+def test_lanczos_and_spectrum_match_eigh():
+  model, state, x, y = setup()
+  options = hessian.HessianLoss(train_bn=True)
+  with jax.enable_x64(True):
+    args = _f64((state["params"], state["batch_stats"], state["alpha"], x)) + (y, KEY)
+    h, spectrum = jax.jit(hessian.make_spectrum(model, options))(*args)
+    want = np.linalg.eigvalsh(np.asarray(h))[::-1]
+    np.testing.assert_allclose(spectrum, want, rtol=1e-10, atol=1e-12)
+    out = jax.jit(hessian.make_measure(model, options, k=3, num_iters=30))(*args)
+    np.testing.assert_allclose(out["eigenvalues"], want[:3], rtol=1e-4)
+    assert out["lambda_max"] == out["eigenvalues"][0]
+
+
+def test_lanczos_on_a_known_matrix():
+  rng = np.random.default_rng(0)
+  q, _ = np.linalg.qr(rng.normal(size=(50, 50)))
+  eig = np.concatenate([[10.0, 7.0, 6.5], rng.uniform(-1, 1, 47)])
+  m = jnp.asarray((q * eig) @ q.T, jnp.float32)
+  top = hessian.top_eigenvalues(lambda v: m @ v, 50, 3, 25, KEY)
+  np.testing.assert_allclose(top, [10.0, 7.0, 6.5], rtol=1e-4)
+
+
+def test_hutchinson_within_its_stated_error():
+  rng = np.random.default_rng(1)
+  a = rng.normal(size=(40, 40))
+  m = jnp.asarray(a + a.T, jnp.float32)
+  true = float(jnp.trace(m))
+  est, se = hessian.hutchinson_trace(lambda v: m @ v, 40, 2000, KEY)
+  # The per-probe variance is 2 (|M|_F^2 - sum M_ii^2) for Rademacher probes.
+  theory = np.sqrt(2 * (np.sum(np.asarray(m) ** 2) - np.sum(np.diag(m) ** 2)) / 2000)
+  assert abs(float(se) - theory) < 0.1 * theory
+  assert abs(float(est) - true) < 4 * theory
+
+
+def test_one_and_four_devices_agree():
+  if jax.device_count() < 4:
+    pytest.skip("needs the 4 CPU devices of conftest")
+  model, state, x, y = setup()
+  measure = hessian.make_measure(model, hessian.HessianLoss(), k=2, num_iters=15,
+                                 trace_samples=8)
+  results = []
+  for n in (1, 4):
+    mesh = parallel.make_mesh(n)
+    rep = parallel.replicated(mesh)
+    shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
+    fn = jax.jit(measure, in_shardings=(rep, rep, rep, shard, shard, rep))
+    results.append(fn(state["params"], state["batch_stats"], state["alpha"], x, y, KEY))
+  for name in ("eigenvalues", "trace"):
+    np.testing.assert_allclose(results[0][name], results[1][name], rtol=1e-4)
