@@ -38,6 +38,25 @@ def data_config() -> ml_collections.ConfigDict:
   ))
 
 
+def hessian_config() -> ml_collections.ConfigDict:
+  """lambda_max (and trace) of the validation-loss Hessian tracked during search."""
+  return ml_collections.ConfigDict(dict(
+      every_epochs=0,        # 0 = off
+      batches=1,             # validation batches averaged (the reference: one)
+      wrt="alpha",           # alpha (raw, as the reference) or A
+      train_bn=True,         # BatchNorm with batch statistics, as the reference
+      weight_decay=1e-3,     # alpha's L2 on the diagonal, as the reference
+      top_k=1,
+      lanczos_iters=20,
+      trace_samples=0,       # Hutchinson probes (0 = no trace)
+      early_stop=False,      # RobustDARTS rule: mean of the last `window` values over the
+      window=5,              # mean `lag` measurements earlier > factor, after start_epoch;
+      lag=4,                 # the genotype of `lag` measurements earlier is kept
+      factor=1.3,
+      start_epoch=10,
+  ))
+
+
 def search_config(method: str) -> ml_collections.ConfigDict:
   """SDARTS search on CIFAR-10 in the DARTS space without `none` (SPEC sections 1-3)."""
   c = ml_collections.ConfigDict()
@@ -69,6 +88,7 @@ def search_config(method: str) -> ml_collections.ConfigDict:
       steps=7,                      # PGD steps (step size 2 eps / steps)
       random_start=True,
   ))
+  c.hessian = hessian_config()
   c.eval_every_epochs = 1    # accuracy on the whole alpha half, BN in inference mode
   c.log_every_steps = 20
   c.checkpoint_every_epochs = 1

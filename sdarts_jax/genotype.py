@@ -59,6 +59,11 @@ def save(genotype: Genotype, path: str) -> None:
     f.write("\n")
 
 
+def load(path: str) -> Genotype:
+  with open(path) as f:
+    return validate(json.load(f), path)
+
+
 def published() -> dict[str, Genotype]:
   """The published cells by name (SDARTS reference code and the DARTS paper)."""
   text = resources.files("sdarts_jax").joinpath("genotypes.json").read_text()
@@ -87,7 +92,6 @@ def resolve(name_or_path: str) -> Genotype:
   if name_or_path in table:
     return table[name_or_path]
   if os.path.isfile(name_or_path):
-    with open(name_or_path) as f:
-      return validate(json.load(f), name_or_path)
+    return load(name_or_path)
   raise ValueError(f"unknown genotype {name_or_path!r}: neither a file nor a published name "
                    f"({', '.join(sorted(table))})")

@@ -153,3 +153,13 @@ def make_spectrum(model, options: HessianLoss):
     return h, jnp.linalg.eigvalsh(h)[::-1]
 
   return spectrum
+
+
+def early_stop(values: list[float], window: int, lag: int, factor: float) -> bool:
+  """RobustDARTS's rule: the mean of the last `window` values exceeds `factor` times the
+  mean of the `window` values ending `lag` measurements earlier."""
+  if len(values) < window + lag:
+    return False
+  now = sum(values[-window:]) / window
+  before = sum(values[-window - lag:len(values) - lag]) / window
+  return now > factor * before

@@ -47,9 +47,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
-def batch_sharded(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) dimension split over the data axis."""
-  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+def batch_sharded(mesh: Mesh, axis: int = 0) -> NamedSharding:
+  """Dimension `axis` (the batch) split over the data axis."""
+  return NamedSharding(mesh, PartitionSpec(*([None] * axis), DATA_AXIS))
 
 
 def check_batch(batch_size: int, mesh: Mesh, field: str) -> None:

@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sdarts_jax import checkpoint, data, genotype, metrics, ops, parallel, spaces, step, supernet
+from sdarts_jax import (checkpoint, data, genotype, hessian, metrics, ops, parallel, spaces, step,
+                        supernet)
 
 # Config fields that may change when a run resumes; any other difference is an error.
 RESUMABLE_FIELDS = ("log_every_steps", "compilation_cache", "checkpoints_to_keep",
@@ -173,6 +174,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   infer = jax.jit(make_infer(model, source, config.seed),
                   in_shardings=(replicated, replicated, replicated, sharded, sharded, None),
                   out_shardings=replicated)
+  tracker = HessianTracker(config, model, eval_source, mesh)
 
   # Checkpoint.
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoints_to_keep)
@@ -183,9 +185,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
                             abstract)
     try:
-      state, _ = ckpt.restore(latest, abstract)
+      state, meta = ckpt.restore(latest, abstract)
     except (ValueError, KeyError) as e:
       raise SearchError(f"cannot restore the checkpoint at step {latest} in {workdir}: {e}")
+    tracker.history = [tuple(h) for h in meta.get("lambda_max", [])]
+    if meta.get("early_stopped"):
+      _log(f"this run stopped early at epoch {meta['epoch']} (RobustDARTS rule); nothing to do")
+      return {}
     _log(f"resumed from step {latest} (epoch {latest // spe})")
 
   writer = metrics.MetricWriter(workdir)
@@ -220,13 +226,25 @@ def train_and_evaluate(config, workdir: str) -> dict:
                           f"acc {m['train_accuracy']:.3f} eps {m['eps']:.3f}")
     if done % config.log_every_steps == 0:
       writer.write("train", done, m)
+    meta = {"step": done, "epoch": epoch + (index == spe - 1), "lambda_max": tracker.history}
     if index == spe - 1:
       record = _end_of_epoch(config, model, state, epoch, sums, spe, eval_source, infer,
                              sharded, writer, workdir, time.time() - t_epoch)
+      record.update(tracker.measure(state, epoch, writer, done))
+      stop_epoch = tracker.stop_epoch()
+      if stop_epoch is not None:
+        _log(f"early stop (RobustDARTS rule on lambda_max) at epoch {epoch + 1}: keeping the "
+             f"genotype of epoch {stop_epoch}")
+        writer.write("early_stop", done, {"epoch": epoch + 1, "genotype_epoch": stop_epoch})
+        if metrics.is_writer():
+          genotype.save(genotype.load(_genotype_path(workdir, stop_epoch)),
+                        os.path.join(workdir, "genotype.json"))
+        ckpt.save(done, state, dict(meta, lambda_max=tracker.history, early_stopped=True))
+        break
       if (epoch + 1) % config.checkpoint_every_epochs == 0 or done == total_steps:
-        ckpt.save(done, state, {"step": done, "epoch": epoch + 1})
+        ckpt.save(done, state, dict(meta, lambda_max=tracker.history))
     if preempted() and done < total_steps:
-      ckpt.save(done, state, {"step": done, "epoch": epoch, "preempted": True})
+      ckpt.save(done, state, dict(meta, preempted=True))
       ckpt.wait()
       _log(f"\nSIGTERM: saved step {done}; rerun the same command to resume")
       break
@@ -260,11 +278,67 @@ def _end_of_epoch(config, model, state, epoch, sums, spe, eval_source, infer, sh
     writer.heatmap(f"A/{cell_type}", done, np.asarray(a))
   if metrics.is_writer():
     os.makedirs(os.path.join(workdir, "genotypes"), exist_ok=True)
-    genotype.save(geno, os.path.join(workdir, "genotypes", f"epoch_{epoch + 1:03d}.json"))
+    genotype.save(geno, _genotype_path(workdir, epoch + 1))
     genotype.save(geno, os.path.join(workdir, "genotype.json"))
   shown = {k: round(v, 4) for k, v in record.items() if isinstance(v, float)}
   _log(f"\nepoch {epoch + 1}/{config.epochs}: {shown}\n  genotype {json.dumps(geno)}")
   return record
+
+
+def _genotype_path(workdir: str, epoch: int) -> str:
+  return os.path.join(workdir, "genotypes", f"epoch_{epoch:03d}.json")
+
+
+class HessianTracker:
+  """lambda_max (and optionally top-k and the trace) of the validation-loss Hessian every
+  config.hessian.every_epochs epochs, on the first config.hessian.batches batches of the
+  alpha half without augmentation (the same images every time, so the trajectory compares
+  like with like; the reference draws one random augmented batch), and RobustDARTS's
+  early-stopping rule on it."""
+
+  def __init__(self, config, model, eval_source: data.Source, mesh):
+    self.cfg, self.batch_size = config.hessian, config.data.batch_size
+    self.seed, self.source, self.history = config.seed, eval_source, []
+    self.fn = None
+    if self.cfg.every_epochs:
+      options = hessian.HessianLoss(self.cfg.wrt, self.cfg.train_bn, self.cfg.weight_decay)
+      measure = hessian.make_measure(model, options, self.cfg.top_k, self.cfg.lanczos_iters,
+                                     self.cfg.trace_samples)
+      rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh, axis=1)
+      self.fn = jax.jit(measure, in_shardings=(rep, rep, rep, shard, shard, rep),
+                        out_shardings=rep)
+      self.sharding = shard
+
+  def measure(self, state, epoch: int, writer, step_count: int) -> dict:
+    if not self.fn or (epoch + 1) % self.cfg.every_epochs:
+      return {}
+    n = self.cfg.batches * self.batch_size
+    if n > len(self.source.labels):
+      raise ValueError(f"config.hessian.batches={self.cfg.batches} batches of "
+                       f"{self.batch_size} exceed the {len(self.source.labels)} alpha images")
+    shape = (self.cfg.batches, self.batch_size)
+    images = data.preprocess(None, self.source.images[:n], self.source.mean, self.source.std,
+                             False).reshape(shape + self.source.images.shape[1:])
+    labels = self.source.labels[:n].reshape(shape)
+    images = jax.device_put(images, self.sharding)
+    labels = jax.device_put(labels, self.sharding)
+    t = time.time()
+    out = jax.device_get(self.fn(state["params"], state["batch_stats"], state["alpha"], images,
+                                 labels, jax.random.PRNGKey(self.seed)))
+    record = {"hessian_" + k: np.asarray(v).tolist() for k, v in out.items()}
+    record["hessian_seconds"] = time.time() - t
+    self.history.append((epoch + 1, float(out["lambda_max"])))
+    writer.write("hessian", step_count, {"epoch": epoch + 1, **record})
+    return record
+
+  def stop_epoch(self) -> int | None:
+    """The epoch whose genotype to keep when the early-stopping rule fires, else None."""
+    c = self.cfg
+    if not (c.early_stop and self.history and self.history[-1][0] > c.start_epoch):
+      return None
+    if hessian.early_stop([v for _, v in self.history], c.window, c.lag, c.factor):
+      return self.history[-1 - c.lag][0]
+    return None
 
 
 def _on_sigterm():

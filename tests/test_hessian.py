@@ -91,3 +91,12 @@ def test_one_and_four_devices_agree():
     results.append(fn(state["params"], state["batch_stats"], state["alpha"], x, y, KEY))
   for name in ("eigenvalues", "trace"):
     np.testing.assert_allclose(results[0][name], results[1][name], rtol=1e-4)
+
+
+def test_early_stop_rule():
+  flat = [1.0] * 9
+  assert not hessian.early_stop(flat, 5, 4, 1.3)
+  rising = [1.0] * 5 + [1.2, 1.5, 1.8, 2.0]  # last 5 mean 1.5 vs first 5 mean 1.0
+  assert hessian.early_stop(rising, 5, 4, 1.3)
+  assert not hessian.early_stop(rising, 5, 4, 1.6)
+  assert not hessian.early_stop(rising[:-1], 5, 4, 1.3)  # too few values

@@ -139,3 +139,20 @@ def test_real_step_on_shared_jpeg_folder(tmp_path):
   assert record["epoch"] == 1 and np.isfinite(record["train_loss"])
   assert 0 <= record["eval_accuracy"] <= 1
   assert os.path.exists(tmp_path / "genotype.json")
+
+
+def test_hessian_tracking_and_early_stop(tmp_path):
+  config = tiny_config("darts", epochs=3, **{
+      "hessian.every_epochs": 1, "hessian.trace_samples": 4, "hessian.lanczos_iters": 10,
+      "hessian.early_stop": True, "hessian.start_epoch": 0, "hessian.window": 1,
+      "hessian.lag": 1, "hessian.factor": 0.0})  # fires at the second measurement
+  search.train_and_evaluate(config, str(tmp_path))
+  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  hess = [l for l in lines if l["kind"] == "hessian"]
+  assert [h["epoch"] for h in hess] == [1, 2]
+  assert all(np.isfinite(h["hessian_lambda_max"]) and "hessian_trace" in h for h in hess)
+  stop = [l for l in lines if l["kind"] == "early_stop"]
+  assert stop and stop[0]["epoch"] == 2 and stop[0]["genotype_epoch"] == 1
+  with open(tmp_path / "genotype.json") as a, open(tmp_path / "genotypes/epoch_001.json") as b:
+    assert json.load(a) == json.load(b)
+  assert search.train_and_evaluate(config, str(tmp_path)) == {}  # finished: nothing to do
