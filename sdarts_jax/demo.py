@@ -39,7 +39,7 @@ def _tfds_cifar10_ready(config) -> bool:
 def main(argv):
   del argv
   from configs import demo as demo_config
-  from sdarts_jax import search
+  from sdarts_jax import run, search
   config = demo_config.get_config()
   f = flags.FLAGS
   if f.data:
@@ -57,7 +57,7 @@ def main(argv):
       sys.exit(2)
   try:
     record = search.train_and_evaluate(config, f.workdir)
-  except (ValueError, search.SearchError) as e:
+  except (ValueError, run.RunError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   print(f"\ndemo finished: genotype in {f.workdir}/genotype.json, metrics in "

@@ -20,14 +20,14 @@ def main(argv):
   del argv
   from sdarts_jax import parallel
   parallel.initialize_distributed()
-  from sdarts_jax import search  # after distributed init: importing JAX modules is fine,
+  from sdarts_jax import run, search  # after distributed init: importing JAX modules is fine,
   config = flags.FLAGS.config     # touching devices is not
   try:
     if config.mode == "search":
       search.train_and_evaluate(config, flags.FLAGS.workdir)
     else:
       raise ValueError(f"unknown config.mode {config.mode!r}; known: search")
-  except (ValueError, search.SearchError) as e:
+  except (ValueError, run.RunError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 

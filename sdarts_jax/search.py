@@ -8,24 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import tempfile
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sdarts_jax import (checkpoint, data, genotype, hessian, metrics, ops, parallel, spaces, step,
-                        supernet)
-
-# Config fields that may change when a run resumes; any other difference is an error.
-RESUMABLE_FIELDS = ("log_every_steps", "compilation_cache", "checkpoints_to_keep",
-                    "eval_every_epochs", "checkpoint_every_epochs")
-
-
-class SearchError(RuntimeError):
-  """A search that cannot go on (non-finite loss, incompatible workdir)."""
+from sdarts_jax import (checkpoint, data, genotype, hessian, metrics, ops, parallel, run, spaces,
+                        step, supernet)
 
 
 # ---------------------------------------------------------------- checks
@@ -53,45 +43,6 @@ def check_config(config) -> None:
   if config.model.impl not in ("auto",) + ops.IMPLS:
     raise ValueError(f"config.model.impl={config.model.impl!r}; use auto or one of "
                      f"{', '.join(ops.IMPLS)}")
-
-
-def check_workdir(workdir: str) -> None:
-  """ValueError unless `workdir` can be created and written."""
-  if not workdir:
-    raise ValueError("--workdir is required: the directory for checkpoints, metrics and "
-                     "genotypes")
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=workdir):
-      pass
-  except OSError as e:
-    raise ValueError(f"--workdir={workdir} is not a writable directory ({e.strerror})") from None
-
-
-def check_resume(config, workdir: str) -> None:
-  """Save config.json, or check that the one already in workdir describes the same run."""
-  path = os.path.join(workdir, "config.json")
-  current = json.loads(config.to_json())
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
-    differ = sorted(k for k in set(saved) | set(current)
-                    if k not in RESUMABLE_FIELDS and saved.get(k) != current.get(k))
-    if differ:
-      raise ValueError(f"--workdir={workdir} holds a run with a different configuration "
-                       f"(fields {', '.join(differ)}); resume it with the same config or use "
-                       f"a new --workdir")
-  if metrics.is_writer():
-    with open(path, "w") as f:
-      json.dump(current, f, indent=1, sort_keys=True)
-
-
-def enable_compilation_cache(directory: str) -> None:
-  """JAX's persistent compilation cache: a rerun or resumed run does not compile again."""
-  if directory:
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 # ---------------------------------------------------------------- model and state
@@ -140,9 +91,9 @@ def make_infer(model: supernet.Supernet, source: data.Source, seed: int):
 def train_and_evaluate(config, workdir: str) -> dict:
   """Run (or resume) a search; returns the last epoch's record."""
   check_config(config)
-  check_workdir(workdir)
-  check_resume(config, workdir)
-  enable_compilation_cache(config.compilation_cache)
+  run.check_workdir(workdir)
+  run.check_resume(config, workdir)
+  run.enable_compilation_cache(config.compilation_cache)
 
   # Mesh.
   mesh = parallel.make_mesh()
@@ -187,19 +138,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
     try:
       state, meta = ckpt.restore(latest, abstract)
     except (ValueError, KeyError) as e:
-      raise SearchError(f"cannot restore the checkpoint at step {latest} in {workdir}: {e}")
+      raise run.RunError(f"cannot restore the checkpoint at step {latest} in {workdir}: {e}")
     tracker.history = [tuple(h) for h in meta.get("lambda_max", [])]
     if meta.get("early_stopped"):
-      _log(f"this run stopped early at epoch {meta['epoch']} (RobustDARTS rule); nothing to do")
+      run.log(f"this run stopped early at epoch {meta['epoch']} (RobustDARTS rule); nothing to do")
       return {}
-    _log(f"resumed from step {latest} (epoch {latest // spe})")
+    run.log(f"resumed from step {latest} (epoch {latest // spe})")
 
   writer = metrics.MetricWriter(workdir)
-  preempted = _on_sigterm()
+  preempted = run.on_sigterm()
   start = int(state["step"])
   progress = metrics.Progress(total_steps, config.data.batch_size, config.log_every_steps)
   if start == 0:
-    _log(f"search: {config.method} on {source.name} ({len(source.labels)} images, "
+    run.log(f"search: {config.method} on {source.name} ({len(source.labels)} images, "
          f"{spe} steps/epoch, {config.epochs} epochs), space {config.space}, "
          f"{config.model.layers} cells, C={config.model.channels}, batch "
          f"{config.data.batch_size}, {mesh.devices.size} device(s); compiling the step...")
@@ -217,7 +168,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     t_step = time.time() - t_step
     if not all(np.isfinite(v) for v in m.values()):
       last = ckpt.latest_step()
-      raise SearchError(f"non-finite metrics at step {global_step + 1}: {m}. The run stops; the "
+      raise run.RunError(f"non-finite metrics at step {global_step + 1}: {m}. The run stops; the "
                         f"last good checkpoint (step {last}) is kept in {workdir}/checkpoints.")
     for k, v in m.items():
       sums[k] = sums.get(k, 0.0) + v
@@ -233,7 +184,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       record.update(tracker.measure(state, epoch, writer, done))
       stop_epoch = tracker.stop_epoch()
       if stop_epoch is not None:
-        _log(f"early stop (RobustDARTS rule on lambda_max) at epoch {epoch + 1}: keeping the "
+        run.log(f"early stop (RobustDARTS rule on lambda_max) at epoch {epoch + 1}: keeping the "
              f"genotype of epoch {stop_epoch}")
         writer.write("early_stop", done, {"epoch": epoch + 1, "genotype_epoch": stop_epoch})
         if metrics.is_writer():
@@ -246,7 +197,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if preempted() and done < total_steps:
       ckpt.save(done, state, dict(meta, preempted=True))
       ckpt.wait()
-      _log(f"\nSIGTERM: saved step {done}; rerun the same command to resume")
+      run.log(f"\nSIGTERM: saved step {done}; rerun the same command to resume")
       break
   ckpt.wait()
   ckpt.close()
@@ -281,7 +232,7 @@ def _end_of_epoch(config, model, state, epoch, sums, spe, eval_source, infer, sh
     genotype.save(geno, _genotype_path(workdir, epoch + 1))
     genotype.save(geno, os.path.join(workdir, "genotype.json"))
   shown = {k: round(v, 4) for k, v in record.items() if isinstance(v, float)}
-  _log(f"\nepoch {epoch + 1}/{config.epochs}: {shown}\n  genotype {json.dumps(geno)}")
+  run.log(f"\nepoch {epoch + 1}/{config.epochs}: {shown}\n  genotype {json.dumps(geno)}")
   return record
 
 
@@ -339,19 +290,3 @@ class HessianTracker:
     if hessian.early_stop([v for _, v in self.history], c.window, c.lag, c.factor):
       return self.history[-1 - c.lag][0]
     return None
-
-
-def _on_sigterm():
-  """Install a SIGTERM handler; returns a function telling whether SIGTERM arrived."""
-  flag = {"set": False}
-
-  def handler(signum, frame):
-    flag["set"] = True
-
-  signal.signal(signal.SIGTERM, handler)
-  return lambda: flag["set"]
-
-
-def _log(text: str) -> None:
-  if metrics.is_writer():
-    print(text, flush=True)

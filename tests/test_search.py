@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from sdarts_jax import checkpoint, data, search
+from sdarts_jax import checkpoint, data, run, search
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 JPEG = next((p for p in (ROOT.parent / "shared/data/cifar10-jpeg",
@@ -61,7 +61,7 @@ def test_search_writes_outputs_and_resumes_exactly(tmp_path, monkeypatch):
     return preempted
 
   resumed = str(tmp_path / "resumed")
-  monkeypatch.setattr(search, "_on_sigterm", sigterm_after_three)
+  monkeypatch.setattr(run, "on_sigterm", sigterm_after_three)
   search.train_and_evaluate(config, resumed)
   assert _final_state(resumed)[0] == 3
   monkeypatch.undo()
@@ -80,7 +80,7 @@ def test_search_writes_outputs_and_resumes_exactly(tmp_path, monkeypatch):
 def test_sigterm_sets_the_flag():
   previous = signal.getsignal(signal.SIGTERM)
   try:
-    preempted = search._on_sigterm()
+    preempted = run.on_sigterm()
     assert not preempted()
     os.kill(os.getpid(), signal.SIGTERM)
     assert preempted()
