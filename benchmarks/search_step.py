@@ -45,6 +45,10 @@ def measure(method: str, layers: int, channels: int, batch: int, space: str, ste
   t = time.time()
   compiled = fn.lower(state, batch_of()).compile()
   compile_s = time.time() - t
+  if steps == 0:  # compile only
+    return {"method": method, "layers": layers, "channels": channels, "batch": batch,
+            "space": space, "device": jax.devices()[0].device_kind,
+            "compile_s": round(compile_s, 1)}
   state, m = compiled(state, batch_of())  # warm-up
   jax.block_until_ready(m)
   times = []
@@ -70,7 +74,8 @@ def main() -> None:
   p.add_argument("--channels", type=int, default=8)
   p.add_argument("--batch", type=int, default=32)
   p.add_argument("--space", default="s5")
-  p.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
+  p.add_argument("--steps", type=int, default=3,
+                 help="timed steps after one warm-up step (0: measure compilation only)")
   p.add_argument("--one", default="", help=argparse.SUPPRESS)  # child process mode
   args = p.parse_args()
   if args.one:

@@ -13,12 +13,13 @@ import orbax.checkpoint as ocp
 
 
 class Checkpointer:
-  """Saves and restores {"state": pytree, "meta": JSON dict} under `directory`."""
+  """Saves and restores {"state": pytree, "meta": JSON dict} under `directory`; keeps the
+  newest `max_to_keep` checkpoints (0: all of them, for analyses over a run)."""
 
   def __init__(self, directory: str, max_to_keep: int):
     self.manager = ocp.CheckpointManager(
         os.path.abspath(directory),
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep or None, create=True),
         item_names=("state", "meta"))
 
   def latest_step(self) -> int | None:

@@ -92,7 +92,7 @@ def search_config(method: str) -> ml_collections.ConfigDict:
   c.eval_every_epochs = 1    # accuracy on the whole alpha half, BN in inference mode
   c.log_every_steps = 20
   c.checkpoint_every_epochs = 1
-  c.checkpoints_to_keep = 2
+  c.checkpoints_to_keep = 2  # 0 keeps every epoch's (for analyses over checkpoints)
   c.compilation_cache = "~/.cache/sdarts_jax/xla"  # "" disables JAX's persistent cache
   return c
 

@@ -40,6 +40,7 @@ def main(argv):
   del argv
   from configs import demo as demo_config
   from sdarts_jax import run, search
+  run.quiet_libraries()
   config = demo_config.get_config()
   f = flags.FLAGS
   if f.data:

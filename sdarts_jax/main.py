@@ -22,6 +22,7 @@ def main(argv):
   parallel.initialize_distributed()
   from sdarts_jax import run, search  # after distributed init: importing JAX modules is fine,
   config = flags.FLAGS.config     # touching devices is not
+  run.quiet_libraries()
   try:
     if config.mode == "search":
       search.train_and_evaluate(config, flags.FLAGS.workdir)

@@ -8,6 +8,7 @@ import signal
 import tempfile
 
 import jax
+from absl import logging as absl_logging
 
 from sdarts_jax import metrics
 
@@ -68,6 +69,11 @@ def on_sigterm():
 
   signal.signal(signal.SIGTERM, handler)
   return lambda: flag["set"]
+
+
+def quiet_libraries() -> None:
+  """Keep library INFO logs (orbax writes several lines per checkpoint) off the console."""
+  absl_logging.set_verbosity(absl_logging.WARNING)
 
 
 def log(text: str) -> None:

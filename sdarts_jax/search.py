@@ -45,7 +45,18 @@ def check_config(config) -> None:
                      f"{', '.join(ops.IMPLS)}")
 
 
-# ---------------------------------------------------------------- model and state
+# ---------------------------------------------------------------- data, model and state
+
+def search_data(config) -> tuple[data.Source, data.SearchBatches, data.Source]:
+  """(the train split, its search batches, its alpha half as a source for evaluation)."""
+  source = data.load(config.data, "train")
+  batches = data.SearchBatches(source, config.data.train_portion, config.data.batch_size,
+                               config.seed)
+  _, alpha_half = data.search_split(len(source.labels), config.data.train_portion)
+  alpha_source = data.Source(source.name, source.images[alpha_half], source.labels[alpha_half],
+                             source.num_classes, source.mean, source.std)
+  return source, batches, alpha_source
+
 
 def build_model(config, num_classes: int) -> supernet.Supernet:
   m = config.model
@@ -101,14 +112,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
 
   # Input.
-  source = data.load(config.data, "train")
-  batches = data.SearchBatches(source, config.data.train_portion, config.data.batch_size,
-                               config.seed)
+  source, batches, eval_source = search_data(config)
   spe = batches.steps_per_epoch
   total_steps = config.epochs * spe
-  _, alpha_half = data.search_split(len(source.labels), config.data.train_portion)
-  eval_source = data.Source(source.name, source.images[alpha_half], source.labels[alpha_half],
-                            source.num_classes, source.mean, source.std)
 
   # Model and state.
   model = build_model(config, source.num_classes)

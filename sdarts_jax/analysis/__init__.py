@@ -1,0 +1,1 @@
+"""Analyses of search runs: Hessian trajectories, the theory check, plots."""

@@ -1,0 +1,74 @@
+"""Analyses: the theory check's estimators on known functions, Hessians over checkpoints."""
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from sdarts_jax import hessian, search
+from sdarts_jax.analysis import hessian_runs, plots, runs, theory
+
+KEY = jax.random.PRNGKey(0)
+
+
+def test_uniform_gain_is_exact_for_a_quadratic():
+  rng = np.random.default_rng(0)
+  m = rng.normal(size=(6, 6))
+  h = jnp.asarray(m @ m.T)
+  g = jnp.asarray(rng.normal(size=6))
+  loss = lambda a: g @ a + 0.5 * a @ h @ a
+  a = jnp.zeros(6)
+  for eps in (0.01, 0.3):
+    mean, se = theory.uniform_gain(loss, a, eps, KEY, 4000)
+    want = theory.predictions(g, h, eps)["uniform"]
+    assert abs(float(mean - want)) < 4 * float(se)
+    assert float(se) < 0.05 * float(want)
+
+
+def test_pgd_gain_matches_taylor_for_small_eps_and_not_for_large():
+  rng = np.random.default_rng(1)
+  g = jnp.asarray(rng.normal(size=5))
+  h = jnp.asarray(np.diag([1.0, -2.0, 0.5, 3.0, -1.0]))
+  loss = lambda a: g @ a + 0.5 * a @ h @ a + jnp.sum(a**4)  # quartic term breaks it
+  a = jnp.zeros(5)
+  small = theory.pgd_gain(loss, a, 1e-3, 20)
+  pred = theory.predictions(g, h, 1e-3)
+  np.testing.assert_allclose(small, pred["pgd_second"], rtol=1e-3)
+  big = theory.pgd_gain(loss, a, 3.0, 40)
+  assert float(big) > 1.5 * float(theory.predictions(g, h, 3.0)["pgd_second"])
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_run(tmp: str) -> str:
+  config = tiny_config("darts", checkpoints_to_keep=0)
+  search.train_and_evaluate(config, tmp)
+  return tmp
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  return tiny_run(str(tmp_path_factory.mktemp("run")))
+
+
+def test_hessian_over_checkpoints(workdir, tmp_path):
+  run = runs.open_run(workdir)
+  assert run.steps() == [4, 8]
+  flags = type("F", (), dict(top_k=2, lanczos_iters=10, trace_samples=4, batches=2))
+  records = hessian_runs.measure_run(run, hessian.HessianLoss(), flags)
+  assert [r["step"] for r in records] == [4, 8] and [r["epoch"] for r in records] == [1, 2]
+  assert all(r["lambda_max"] >= r["eigenvalues"][1] for r in records)
+  out = str(tmp_path / "lambda.png")
+  plots.trajectories({"tiny": [(r["epoch"], r["lambda_max"]) for r in records]}, out)
+  assert os.path.getsize(out) > 1000
+  state = run.state(8)
+  plots.alpha_heatmaps(runs.mixing_weights(state), run.model.space, "t", str(tmp_path / "a.png"))
+  assert os.path.getsize(tmp_path / "a.png") > 1000
+
+
+def test_open_run_errors(tmp_path):
+  with pytest.raises(ValueError, match="not a search workdir"):
+    runs.open_run(str(tmp_path))
