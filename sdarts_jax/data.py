@@ -12,7 +12,8 @@ Sources, selected by `config.data` (see `sdarts_jax.defaults.data_config`):
 
 Host side, everything is numpy: `SearchBatches` draws the SDARTS batches (the first part of
 the train split trains the weights, the rest trains alpha) as a pure function of
-(seed, epoch, step), and `eval_batches` walks a split in fixed-shape batches.
+(seed, epoch, step), `TrainBatches` does the same over the whole train split for training
+a found cell from scratch, and `eval_batches` walks a split in fixed-shape batches.
 `preprocess` (augmentation and normalisation) is pure JAX and runs inside the jitted step;
 `to_global` places a global numpy batch on the device mesh.
 """
@@ -327,6 +328,38 @@ class SearchBatches:
             "val_image": self.source.images[val], "val_label": self.source.labels[val]}
 
 
+class TrainBatches:
+  """Global batches over a whole split, for training a network from scratch: without
+  replacement within an epoch, in an order that is a pure function of (seed, epoch), so a
+  run resumes exactly. The last partial batch of an epoch is dropped (fixed shapes).
+
+  Attributes:
+    steps_per_epoch: len(source) // batch_size.
+  """
+
+  def __init__(self, source: Source, batch_size: int, seed: int):
+    if batch_size < 1:
+      raise DataError(f"config.data.batch_size is {batch_size}; it must be positive.")
+    self.source, self.batch_size, self.seed = source, batch_size, seed
+    self.steps_per_epoch = len(source.labels) // batch_size
+    if self.steps_per_epoch == 0:
+      raise DataError(
+          f"config.data.batch_size = {batch_size} exceeds the {len(source.labels)} training "
+          f"examples of {source.name}, so not one full batch. Lower the batch size, or use "
+          "more examples (config.data.max_examples = 0 keeps all).")
+
+  def order(self, epoch: int) -> np.ndarray:
+    """The epoch's permutation of the example indices."""
+    return np.random.default_rng([self.seed, epoch]).permutation(len(self.source.labels))
+
+  def batch(self, epoch: int, index: int) -> dict[str, np.ndarray]:
+    """Step `index` of `epoch`: {"image": [B, H, W, 3] uint8, "label": [B] int32}."""
+    if not 0 <= index < self.steps_per_epoch:
+      raise IndexError(f"batch index {index} outside [0, {self.steps_per_epoch})")
+    chosen = self.order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
+    return {"image": self.source.images[chosen], "label": self.source.labels[chosen]}
+
+
 def eval_batches(source: Source, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
   """The whole split once, in order, in batches of a fixed shape.
 
@@ -344,19 +377,41 @@ def eval_batches(source: Source, batch_size: int) -> Iterator[tuple[np.ndarray, 
 # ---------------------------------------------------------------- device side
 
 def preprocess(key: jax.Array, images: jax.Array, mean, std, augment: bool,
-               padding: int = 4) -> jax.Array:
+               padding: int = 4, cutout: int = 0) -> jax.Array:
   """Augment and normalise a global batch, inside jit.
 
   images: [N, H, W, 3] uint8 -> [N, H, W, 3] float32. With `augment`, as torchvision's
   RandomCrop(H, padding) (zero padding of the raw pixels, so padded pixels are black) then
-  RandomHorizontalFlip(0.5); always (x / 255 - mean) / std. The random offsets and flips
+  RandomHorizontalFlip(0.5); always (x / 255 - mean) / std; then, with `augment` and
+  cutout > 0, a cutout square (`cutout_square`). The random offsets and flips
   are drawn from `key` for the whole batch, so the result does not depend on how the batch
   is sharded.
   """
   if augment:
     images = random_crop_flip(key, images, padding)
   x = images.astype(jnp.float32) / 255.0
-  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+  x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+  if augment and cutout:
+    x = cutout_square(jax.random.fold_in(key, 1), x, cutout)
+  return x
+
+
+def cutout_square(key: jax.Array, x: jax.Array, length: int) -> jax.Array:
+  """Cutout (DeVries & Taylor 2017) as the reference's `Cutout`: per image, a centre
+  (y, x) uniform over the pixels and the rows [y - L//2, y + L//2) and columns
+  [x - L//2, x + L//2), clipped at the border, set to 0 (the mean, after normalisation).
+
+  x: [N, H, W, C] -> same shape.
+  """
+  n, h, w, _ = x.shape
+  k_y, k_x = jax.random.split(key)
+  cy = jax.random.randint(k_y, (n, 1), 0, h)
+  cx = jax.random.randint(k_x, (n, 1), 0, w)
+  half = length // 2
+  rows = (jnp.arange(h) >= cy - half) & (jnp.arange(h) < cy + half)  # [N, H]
+  cols = (jnp.arange(w) >= cx - half) & (jnp.arange(w) < cx + half)  # [N, W]
+  hole = rows[:, :, None] & cols[:, None, :]
+  return jnp.where(hole[..., None], 0.0, x)
 
 
 def random_crop_flip(key: jax.Array, images: jax.Array, padding: int) -> jax.Array:

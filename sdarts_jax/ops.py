@@ -262,12 +262,14 @@ def _window_counts(height: int, width: int, stride: int) -> np.ndarray:
 
 class SepConv(nn.Module):
   """sep_conv_kxk for E edges: (ReLU, depthwise kxk, pointwise 1x1, BN) twice, stride in
-  the first. x: [N, H, W, C] -> [N, H', W', E, C]."""
+  the first. x: [N, H, W, C] -> [N, H', W', E, C]. `affine`: learnable BatchNorm scale
+  and bias (evaluation networks) or none (the supernet)."""
   kernel_size: int
   num_edges: int
   stride: int
   impl: str
   bn_momentum: float = 0.9
+  affine: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train) -> jax.Array:
@@ -277,19 +279,20 @@ class SepConv(nn.Module):
     dw2 = self.param("dw_2", torch_uniform(k * k), (e, k, k, c))
     pw2 = self.param("pw_2", torch_uniform(c), (e, c, c))
     y = separable(nn.relu(x), dw1, pw1, self.stride, 1, self.impl)
-    y = BatchNorm(momentum=self.bn_momentum, name="bn_1")(y, train)
+    y = BatchNorm(self.affine, self.bn_momentum, name="bn_1")(y, train)
     y = separable_per_edge(nn.relu(y), dw2, pw2, self.impl)
-    return BatchNorm(momentum=self.bn_momentum, name="bn_2")(y, train)
+    return BatchNorm(self.affine, self.bn_momentum, name="bn_2")(y, train)
 
 
 class DilConv(nn.Module):
   """dil_conv_kxk for E edges: ReLU, depthwise kxk with dilation 2, pointwise 1x1, BN.
-  x: [N, H, W, C] -> [N, H', W', E, C]."""
+  x: [N, H, W, C] -> [N, H', W', E, C]. `affine` as in SepConv."""
   kernel_size: int
   num_edges: int
   stride: int
   impl: str
   bn_momentum: float = 0.9
+  affine: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train) -> jax.Array:
@@ -297,7 +300,7 @@ class DilConv(nn.Module):
     dw = self.param("dw", torch_uniform(k * k), (e, k, k, c))
     pw = self.param("pw", torch_uniform(c), (e, c, c))
     y = separable(nn.relu(x), dw, pw, self.stride, 2, self.impl)
-    return BatchNorm(momentum=self.bn_momentum)(y, train)
+    return BatchNorm(self.affine, self.bn_momentum)(y, train)
 
 
 class EdgeOp(nn.Module):
@@ -305,26 +308,34 @@ class EdgeOp(nn.Module):
 
   x: [N, H, W, C] -> [N, H', W', E, C], or [N, H', W', 1, C] for ops whose output does
   not depend on the edge (pooling, identity). `none` is never built: it adds nothing.
+
+  Attributes:
+    affine: learnable BatchNorm scale and bias (evaluation networks) or none (supernet).
+    pool_bn: a (non-affine) BatchNorm after pooling, as the supernet has and the
+      evaluation network does not.
   """
   op: str
   num_edges: int
   stride: int
   impl: str
   bn_momentum: float = 0.9
+  affine: bool = False
+  pool_bn: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, train) -> jax.Array:
-    bn = functools.partial(BatchNorm, momentum=self.bn_momentum)
+    pool_out = ((lambda y: BatchNorm(momentum=self.bn_momentum)(y, train)) if self.pool_bn
+                else (lambda y: y))
     conv_args = dict(num_edges=self.num_edges, stride=self.stride, impl=self.impl,
-                     bn_momentum=self.bn_momentum)
+                     bn_momentum=self.bn_momentum, affine=self.affine)
     if self.op == "max_pool_3x3":
-      return bn()(max_pool_3x3(x, self.stride)[:, :, :, None], train)
+      return pool_out(max_pool_3x3(x, self.stride)[:, :, :, None])
     if self.op == "avg_pool_3x3":
-      return bn()(avg_pool_3x3(x, self.stride)[:, :, :, None], train)
+      return pool_out(avg_pool_3x3(x, self.stride)[:, :, :, None])
     if self.op == "skip_connect":
       if self.stride == 1:
         return x[:, :, :, None]
-      return FactorizedReduce(x.shape[-1], self.num_edges, bn_momentum=self.bn_momentum)(
+      return FactorizedReduce(x.shape[-1], self.num_edges, self.affine, self.bn_momentum)(
           x, train)
     if self.op.startswith("sep_conv_"):
       return SepConv(int(self.op[-1]), **conv_args)(x, train)

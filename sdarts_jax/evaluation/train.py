@@ -1,0 +1,292 @@
+"""Training a found cell from scratch (SPEC section 6): the evaluation loop.
+
+`train_and_evaluate(config, workdir)` trains the network of `config.arch` and is what
+`main.py` calls for `config.mode == "train"`. It has the search loop's shape and reuses
+its pieces (`sdarts_jax.run`, `checkpoint`, `metrics`, `parallel`, `data`): checks, mesh,
+input, model and state, compiled functions, checkpoint, loop.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sdarts_jax import checkpoint, genotype, metrics, ops, parallel, run, step
+from sdarts_jax.evaluation import input_pipeline, network
+
+SCHEDULES = ("cosine", "linear")
+
+
+# ---------------------------------------------------------------- checks
+
+def check_config(config) -> None:
+  """One clear ValueError for configuration mistakes, before anything is loaded or compiled."""
+  genotype.resolve(config.arch)
+  positive = {"config.epochs": config.epochs, "config.data.batch_size": config.data.batch_size,
+              "config.model.layers": config.model.layers,
+              "config.model.channels": config.model.channels}
+  for field, value in positive.items():
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f"{field}={value!r} must be a positive integer")
+  if config.model.stem not in network.STEMS:
+    raise ValueError(f"config.model.stem={config.model.stem!r}; use one of "
+                     f"{', '.join(network.STEMS)}")
+  if config.model.impl not in ("auto",) + ops.IMPLS:
+    raise ValueError(f"config.model.impl={config.model.impl!r}; use auto or one of "
+                     f"{', '.join(ops.IMPLS)}")
+  if config.optim.schedule not in SCHEDULES:
+    raise ValueError(f"config.optim.schedule={config.optim.schedule!r}; use one of "
+                     f"{', '.join(SCHEDULES)}")
+  if config.optim.schedule == "linear" and config.epochs <= config.optim.linear_tail_epochs:
+    raise ValueError(f"config.epochs={config.epochs} must exceed "
+                     f"config.optim.linear_tail_epochs={config.optim.linear_tail_epochs} for "
+                     "the linear schedule")
+  unit = {"config.drop_path": config.drop_path,
+          "config.loss.label_smoothing": config.loss.label_smoothing}
+  for field, value in unit.items():
+    if not 0.0 <= value < 1.0:
+      raise ValueError(f"{field}={value} must be in [0, 1)")
+  if config.loss.aux_weight < 0:
+    raise ValueError(f"config.loss.aux_weight={config.loss.aux_weight} must be >= 0")
+
+
+# ---------------------------------------------------------------- optimizer and loss
+
+def learning_rate(cfg, epochs: int, steps_per_epoch: int):
+  """lr(step), constant within an epoch. cfg: config.optim.
+
+  cosine: cfg.lr -> cfg.lr_min (`sdarts_jax.step.weight_lr`, with its epoch offset).
+  linear: PC-DARTS's `adjust_lr` (train_imagenet.py): epoch e uses
+    lr (E - T - e) / (E - T) while E - e > T, then lr (E - e) / (T (E - T)), with
+    T = cfg.linear_tail_epochs (a gentler slope at the end).
+  Warm-up, either schedule: epoch e < cfg.warmup_epochs is scaled by (e + 1) / warmup.
+  """
+  if cfg.schedule == "cosine":
+    base = step.weight_lr(cfg, epochs, steps_per_epoch)
+  else:
+    tail = cfg.linear_tail_epochs
+
+    def base(count):
+      e = step.epoch_of(count, steps_per_epoch) + cfg.lr_epoch_offset
+      return cfg.lr * jnp.where(epochs - e > tail, (epochs - tail - e) / (epochs - tail),
+                                (epochs - e) / (tail * (epochs - tail)))
+
+  def schedule(count):
+    e = step.epoch_of(count, steps_per_epoch)
+    warm = jnp.where(e < cfg.warmup_epochs, (e + 1) / max(cfg.warmup_epochs, 1), 1.0)
+    return base(count) * warm
+
+  return schedule
+
+
+def optimizer(cfg, epochs: int, steps_per_epoch: int) -> optax.GradientTransformation:
+  """The reference's SGD: clip to global norm, add weight decay, momentum, lr schedule
+  (as `sdarts_jax.step.weight_optimizer`, with `learning_rate`'s schedules)."""
+  return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
+                     optax.add_decayed_weights(cfg.weight_decay),
+                     optax.trace(decay=cfg.momentum),
+                     optax.scale_by_learning_rate(learning_rate(cfg, epochs, steps_per_epoch)))
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float = 0.0) -> jax.Array:
+  """Mean cross-entropy against (1 - smoothing) one_hot + smoothing / classes, as the
+  reference's CrossEntropyLabelSmooth. logits [N, classes], labels [N] int."""
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smoothing)
+  return optax.softmax_cross_entropy(logits, targets).mean()
+
+
+def drop_prob_at(count, max_prob: float, epochs: int, steps_per_epoch: int):
+  """Drop-path probability max_prob * epoch / epochs (0 in the first epoch)."""
+  return max_prob * step.epoch_of(count, steps_per_epoch) / epochs
+
+
+# ---------------------------------------------------------------- model and state
+
+def build_model(config, num_classes: int) -> network.Network:
+  m = config.model
+  impl = ops.depthwise_impl() if m.impl == "auto" else m.impl
+  return network.build(genotype.resolve(config.arch), num_classes, m.channels, m.layers,
+                       m.stem, m.auxiliary, impl, m.bn_momentum)
+
+
+def init_state(model: network.Network, config, image_shape, steps_per_epoch: int) -> dict:
+  """{"params", "batch_stats", "opt", "step"} at step 0. image_shape: (H, W, 3)."""
+  variables = network.init(model, jax.random.PRNGKey(config.seed), image_shape)
+  tx = optimizer(config.optim, config.epochs, steps_per_epoch)
+  return {"params": variables["params"], "batch_stats": variables["batch_stats"],
+          "opt": tx.init(variables["params"]), "step": jnp.zeros((), jnp.int32)}
+
+
+def make_train_step(model: network.Network, config, steps_per_epoch: int, preprocess):
+  """train_step(state, batch) -> (state, metrics), pure; jit it.
+
+  batch: {"image": [B, H, W, 3] uint8, "label": [B] int32} (global). preprocess(key,
+  images, train) -> float images. Loss = cross-entropy (label-smoothed by
+  config.loss.label_smoothing) + aux_weight * the same on the auxiliary logits.
+  Augmentation and drop-path masks come from fold_in(PRNGKey(config.seed), step).
+  """
+  tx = optimizer(config.optim, config.epochs, steps_per_epoch)
+  lr_of = learning_rate(config.optim, config.epochs, steps_per_epoch)
+  smoothing, aux_weight = config.loss.label_smoothing, config.loss.aux_weight
+
+  def loss_fn(params, batch_stats, x, y, drop_prob, key):
+    (logits, aux), new = model.apply({"params": params, "batch_stats": batch_stats}, x, True,
+                                     drop_prob, mutable=["batch_stats"],
+                                     rngs={"drop_path": key})
+    loss = cross_entropy(logits, y, smoothing)
+    if aux is not None:
+      loss = loss + aux_weight * cross_entropy(aux, y, smoothing)
+    return loss, (logits, new["batch_stats"])
+
+  def train_step(state, batch):
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), state["step"])
+    k_aug, k_drop = jax.random.split(key)
+    x, y = preprocess(k_aug, batch["image"], True), batch["label"]
+    drop_prob = drop_prob_at(state["step"], config.drop_path, config.epochs, steps_per_epoch)
+    (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"], state["batch_stats"], x, y, drop_prob, k_drop)
+    updates, opt = tx.update(grads, state["opt"], state["params"])
+    new_state = {"params": optax.apply_updates(state["params"], updates), "batch_stats": stats,
+                 "opt": opt, "step": state["step"] + 1}
+    return new_state, {"train_loss": loss,
+                       "train_accuracy": jnp.mean(jnp.argmax(logits, -1) == y),
+                       "lr": lr_of(state["step"]), "drop_prob": jnp.asarray(drop_prob, jnp.float32)}
+
+  return train_step
+
+
+def make_infer(model: network.Network, preprocess):
+  """infer(params, batch_stats, batch) -> sums over the valid rows of batch["valid"]:
+  {"loss" (plain cross-entropy), "top1", "top5", "count"}; BatchNorm in inference mode."""
+  def infer(params, batch_stats, batch):
+    x = preprocess(None, batch["image"], False)
+    logits, _ = model.apply({"params": params, "batch_stats": batch_stats}, x, False)
+    y, valid = batch["label"], batch["valid"]
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    k = min(5, logits.shape[-1])
+    top5 = jnp.any(jax.lax.top_k(logits, k)[1] == y[:, None], axis=-1)
+    total = lambda v: jnp.sum(jnp.where(valid, v, 0).astype(jnp.float32))
+    return {"loss": total(losses), "top1": total(jnp.argmax(logits, -1) == y),
+            "top5": total(top5), "count": total(jnp.ones_like(losses))}
+
+  return infer
+
+
+# ---------------------------------------------------------------- training
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Train (or resume) the network of config.arch; returns the last epoch's record."""
+  check_config(config)
+  run.check_workdir(workdir)
+  run.check_resume(config, workdir)
+  run.enable_compilation_cache(config.compilation_cache)
+
+  # Mesh.
+  mesh = parallel.make_mesh()
+  parallel.check_batch(config.data.batch_size, mesh, "config.data.batch_size")
+  replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+
+  # Input.
+  inputs = input_pipeline.make_input(config.data, config.seed, mesh)
+  spe = inputs.steps_per_epoch
+  total_steps = config.epochs * spe
+
+  # Model and state.
+  model = build_model(config, inputs.num_classes)
+  init = jax.jit(lambda: init_state(model, config, inputs.image_shape, spe),
+                 out_shardings=replicated)
+  abstract = jax.eval_shape(init)
+  num_params = network.count_params(abstract["params"])
+
+  # Compiled functions.
+  train_step = jax.jit(make_train_step(model, config, spe, inputs.preprocess),
+                       in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
+                       donate_argnums=0)
+  infer = jax.jit(make_infer(model, inputs.preprocess),
+                  in_shardings=(replicated, replicated, sharded), out_shardings=replicated)
+
+  # Checkpoint.
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoints_to_keep)
+  latest = ckpt.latest_step()
+  if latest is None:
+    state = init()
+  else:
+    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+                            abstract)
+    try:
+      state, _ = ckpt.restore(latest, abstract)
+    except (ValueError, KeyError) as e:
+      raise run.RunError(f"cannot restore the checkpoint at step {latest} in {workdir}: {e}")
+    run.log(f"resumed from step {latest} (epoch {latest // spe})")
+
+  writer = metrics.MetricWriter(workdir)
+  preempted = run.on_sigterm()
+  start = int(state["step"])
+  progress = metrics.Progress(total_steps, config.data.batch_size, config.log_every_steps)
+  if start == 0:
+    run.log(f"train: {config.arch} on {config.data.folder or config.data.name} ({spe} steps/epoch, "
+            f"{config.epochs} epochs), {config.model.layers} cells, C={config.model.channels}, "
+            f"{num_params:,} parameters without the auxiliary head, batch "
+            f"{config.data.batch_size}, {mesh.devices.size} device(s); compiling the step...")
+  record = {}
+  first_epoch, first_index = divmod(start, spe)
+  for epoch in range(first_epoch, config.epochs):
+    offset = first_index if epoch == first_epoch else 0
+    sums, stop, t_epoch, t_step = {}, False, time.time(), time.time()
+    for index, batch in enumerate(inputs.train_epoch(epoch, offset), start=offset):
+      state, m = train_step(state, batch)
+      m = {k: float(v) for k, v in jax.device_get(m).items()}
+      done = epoch * spe + index + 1
+      if not all(np.isfinite(v) for v in m.values()):
+        raise run.RunError(f"non-finite metrics at step {done}: {m}. The run stops; the last "
+                           f"good checkpoint (step {ckpt.latest_step()}) is kept in "
+                           f"{workdir}/checkpoints.")
+      for k, v in m.items():
+        sums[k] = sums.get(k, 0.0) + v
+      progress.update(done, time.time() - t_step,
+                      f"epoch {epoch + 1}/{config.epochs} loss {m['train_loss']:.3f} "
+                      f"acc {m['train_accuracy']:.3f} lr {m['lr']:.4f}")
+      t_step = time.time()
+      if done % config.log_every_steps == 0:
+        writer.write("train", done, m)
+      stop = preempted() and done < total_steps
+      if stop:
+        break
+    if not stop or index + 1 == spe:
+      record = _end_of_epoch(config, epoch, sums, index + 1 - offset, state, inputs, infer,
+                             writer, time.time() - t_epoch, num_params)
+    if stop or (epoch + 1) % config.checkpoint_every_epochs == 0 or done == total_steps:
+      ckpt.save(done, state, {"step": done, "epoch": done // spe, "preempted": stop})
+    if stop:
+      ckpt.wait()
+      run.log(f"\nSIGTERM: saved step {done}; rerun the same command to resume")
+      break
+  ckpt.wait()
+  ckpt.close()
+  writer.close()
+  return record
+
+
+def _end_of_epoch(config, epoch, sums, steps, state, inputs, infer, writer, seconds,
+                  num_params) -> dict:
+  """Epoch means of the train metrics, test loss / top-1 / top-5: logged and written."""
+  record = {k: v / max(steps, 1) for k, v in sums.items()}
+  record.update(epoch=epoch + 1, seconds=seconds, params=num_params)
+  if config.eval_every_epochs and ((epoch + 1) % config.eval_every_epochs == 0
+                                   or epoch + 1 == config.epochs):
+    totals: dict[str, float] = {}
+    for batch in inputs.eval_batches():
+      out = jax.device_get(infer(state["params"], state["batch_stats"], batch))
+      for k, v in out.items():
+        totals[k] = totals.get(k, 0.0) + float(v)
+    n = max(totals["count"], 1.0)
+    record.update(test_loss=totals["loss"] / n, test_accuracy=totals["top1"] / n,
+                  test_top5_accuracy=totals["top5"] / n)
+  writer.write("epoch", (epoch + 1) * inputs.steps_per_epoch, record)
+  shown = {k: round(v, 4) for k, v in record.items() if isinstance(v, float)}
+  run.log(f"\nepoch {epoch + 1}/{config.epochs}: {shown}")
+  return record
