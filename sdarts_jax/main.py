@@ -26,8 +26,11 @@ def main(argv):
   try:
     if config.mode == "search":
       search.train_and_evaluate(config, flags.FLAGS.workdir)
+    elif config.mode == "train":
+      from sdarts_jax.evaluation import train
+      train.train_and_evaluate(config, flags.FLAGS.workdir)
     else:
-      raise ValueError(f"unknown config.mode {config.mode!r}; known: search")
+      raise ValueError(f"unknown config.mode {config.mode!r}; known: search, train")
   except (ValueError, run.RunError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

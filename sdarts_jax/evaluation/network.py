@@ -123,11 +123,11 @@ class AuxiliaryHead(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    if min(x.shape[1:3]) < AUX_POOL:
+    if (min(x.shape[1:3]) - AUX_POOL) // self.pool_stride + 1 < 2:
       raise ValueError(
-          f"the auxiliary head needs at least a {AUX_POOL}x{AUX_POOL} input, but cell "
-          f"2*layers//3 outputs {x.shape[1]}x{x.shape[2]}: use larger images "
-          "(config.data.image_size) or config.model.auxiliary=False")
+          f"the auxiliary head needs a 2x2 map after its {AUX_POOL}x{AUX_POOL} pool (stride "
+          f"{self.pool_stride}), but cell 2*layers//3 outputs {x.shape[1]}x{x.shape[2]}: use "
+          "larger images (32 px CIFAR, 224 px ImageNet) or config.model.auxiliary=False")
     bn = lambda name: ops.BatchNorm(True, self.bn_momentum, name=name)
     x = lax.reduce_window(nn.relu(x), 0.0, lax.add, (1, AUX_POOL, AUX_POOL, 1),
                           (1, self.pool_stride, self.pool_stride, 1), "VALID") / AUX_POOL ** 2
