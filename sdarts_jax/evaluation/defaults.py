@@ -25,10 +25,9 @@ def _data(name: str, batch_size: int) -> ml_collections.ConfigDict:
   return d
 
 
-def _common(dataset: str) -> ml_collections.ConfigDict:
+def _common() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.mode = "train"
-  c.dataset = dataset        # for the record; the source is config.data
   c.arch = "c10_s5_pgd"      # published genotype name or genotype JSON path
   c.seed = 0
   c.eval_every_epochs = 1    # top-1 / top-5 on the test (validation) split
@@ -41,7 +40,7 @@ def _common(dataset: str) -> ml_collections.ConfigDict:
 
 def cifar_config(dataset: str = "cifar10") -> ml_collections.ConfigDict:
   """CIFAR-10/100 and SVHN (`svhn_cropped`): 20 cells, 36 channels, 600 epochs."""
-  c = _common(dataset)
+  c = _common()
   c.epochs = 600
   c.drop_path = 0.2          # drop probability = drop_path * epoch / epochs
   c.model = ml_collections.ConfigDict(dict(
@@ -67,7 +66,7 @@ def cifar_config(dataset: str = "cifar10") -> ml_collections.ConfigDict:
 def imagenet_config() -> ml_collections.ConfigDict:
   """ImageNet mobile setting: 14 cells, 48 channels, 224 px, batch 1024, 250 epochs, the
   PC-DARTS lr schedule (linear decay, 5 warm-up epochs), label smoothing 0.1."""
-  c = _common("imagenet2012")
+  c = _common()
   c.epochs = 250
   c.drop_path = 0.0
   c.model = ml_collections.ConfigDict(dict(

@@ -44,7 +44,7 @@ class InMemoryInput:
   """Train and test splits of `sdarts_jax.data.load` in host memory.
 
   Attributes:
-    steps_per_epoch, num_classes, image_shape (H, W, 3), num_test.
+    steps_per_epoch, num_classes, image_shape (H, W, 3).
   """
 
   def __init__(self, cfg, seed: int, mesh):
@@ -56,7 +56,6 @@ class InMemoryInput:
     self.steps_per_epoch = self.batches.steps_per_epoch
     self.num_classes = self.train.num_classes
     self.image_shape = self.train.images.shape[1:]
-    self.num_test = len(self.test.labels)
 
   def train_epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
     """Batches start, start + 1, ... of `epoch`, on the mesh."""
@@ -115,11 +114,7 @@ class StreamedInput:
     self.train_records = _records(cfg, "train")
     self.test_records = _records(cfg, "validation")
     self.sharding = parallel.batch_sharded(mesh)
-    processes = jax.process_count()
-    if cfg.batch_size % processes:
-      raise ValueError(f"config.data.batch_size={cfg.batch_size} is not divisible by the "
-                       f"{processes} processes; use a multiple of {processes}")
-    self.local_batch = cfg.batch_size // processes
+    self.local_batch = cfg.batch_size // jax.process_count()  # the mesh checked divisibility
     self.num_train = _limit(len(self.train_records), cfg.max_examples)
     self.num_test = _limit(len(self.test_records), cfg.max_examples)
     self.steps_per_epoch = self.num_train // cfg.batch_size
