@@ -2,9 +2,10 @@
 
 Everything rests on exact Hessian-vector products by forward-over-reverse autodiff,
 hvp(v) = d/dt grad L(x + t v) at t = 0, with no finite differences. On top of them:
-Lanczos for the top eigenvalues (a compiled `lax.fori_loop` with full reorthogonalisation),
-Hutchinson's trace estimator, and the dense Hessian (one HVP per coordinate; alpha has at
-most 2 x 14 x 8 = 224 coordinates in the DARTS spaces) for whole spectra.
+Lanczos for the top eigenvalues (full reorthogonalisation), Hutchinson's trace estimator,
+and the dense Hessian (one HVP per coordinate; alpha has at most 2 x 14 x 8 = 224
+coordinates in the DARTS spaces) for whole spectra. Their loops compile into
+`lax.fori_loop`s on GPU/TPU and run from Python over a compiled body on CPU (`fori_loop`).
 
 The loss is a function of one flat vector `x`: raw alpha (`wrt="alpha"`, through the
 softmax) or the mixing weights A (`wrt="A"`), [2 * edges * ops] in both cases, ordered as
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from sdarts_jax import ops, step
+from sdarts_jax import ops, parallel, step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,30 +72,66 @@ def hvp(loss: Callable, x: jax.Array, v: jax.Array) -> jax.Array:
   return jax.jvp(jax.grad(loss), (x,), (v,))[1]
 
 
-def lanczos(matvec: Callable, v0: jax.Array, num_iters: int) -> tuple[jax.Array, jax.Array]:
-  """Lanczos with full reorthogonalisation: (alphas [m], betas [m - 1]) of the tridiagonal T.
+def host_loops() -> bool:
+  """Whether to run the HVP loops from Python (True on CPU; see `fori_loop`)."""
+  return jax.default_backend() == "cpu"
 
-  matvec: a symmetric linear map [d] -> [d]; v0: start vector [d] (normalised here);
-  num_iters m <= d. The eigenvalues of T (Ritz values) approximate the extreme
-  eigenvalues of the map, the largest first to converge.
+
+def fori_loop(num: int, body: Callable, carry, args, host: bool):
+  """lax.fori_loop(0, num, lambda i, c: body(i, c, args), carry), or with host=True the
+  same loop driven from Python over one compiled body.
+
+  XLA:CPU leaves the convolutions of JAX's derivative rules un-canonicalised inside
+  compiled loops, where they run 3-30x slower (see `ops.conv`), and forward-mode autodiff
+  cannot use `ops.conv`'s written-out backward pass. So on CPU the HVP loops run on the
+  host; each iteration is one call of a body compiled once. `body` must be a stable
+  function (compiled once per function object): build it once, not per call.
   """
-  d = v0.shape[0]
-  basis = jnp.zeros((num_iters + 1, d), v0.dtype).at[0].set(v0 / jnp.linalg.norm(v0))
+  if not host:
+    return lax.fori_loop(0, num, lambda i, c: body(i, c, args), carry)
+  compiled = _jit(body)
+  for i in range(num):
+    carry = compiled(i, carry, args)
+  return carry
 
-  def body(i, carry):
+
+_COMPILED: dict = {}
+
+
+def _jit(fn: Callable) -> Callable:
+  if fn not in _COMPILED:
+    _COMPILED[fn] = jax.jit(fn)
+  return _COMPILED[fn]
+
+
+def lanczos_body(matvec: Callable) -> Callable:
+  """One Lanczos iteration with full reorthogonalisation, as a fori_loop body.
+
+  matvec(v, args): a symmetric linear map [d] -> [d]. Carry (basis [m + 1, d] with the
+  normalised start vector in row 0, alphas [m], betas [m]).
+  """
+  def body(i, carry, args):
     basis, alphas, betas = carry
-    w = matvec(basis[i])
+    w = matvec(basis[i], args)
     a = jnp.vdot(w, basis[i])
-    # Full reorthogonalisation against every earlier vector (twice, for stability).
-    mask = (jnp.arange(num_iters + 1) <= i)[:, None]
-    for _ in range(2):
+    mask = (jnp.arange(basis.shape[0]) <= i)[:, None]
+    for _ in range(2):  # twice, for stability
       w = w - (mask * basis).T @ ((mask * basis) @ w)
     b = jnp.linalg.norm(w)
     basis = basis.at[i + 1].set(jnp.where(b > 0, w / jnp.where(b > 0, b, 1.0), 0.0))
     return basis, alphas.at[i].set(a), betas.at[i].set(b)
 
-  _, alphas, betas = lax.fori_loop(
-      0, num_iters, body, (basis, jnp.zeros(num_iters, v0.dtype), jnp.zeros(num_iters, v0.dtype)))
+  return body
+
+
+def lanczos(body: Callable, args, v0: jax.Array, num_iters: int, host: bool):
+  """(alphas [m], betas [m - 1]) of the Lanczos tridiagonal T after m = num_iters steps of
+  `body` (from `lanczos_body`) from v0 [d]. The eigenvalues of T (Ritz values) approximate
+  the extreme eigenvalues of the map, the largest first to converge."""
+  m = num_iters
+  basis = jnp.zeros((m + 1,) + v0.shape, v0.dtype).at[0].set(v0 / jnp.linalg.norm(v0))
+  zeros = jnp.zeros(m, v0.dtype)
+  _, alphas, betas = fori_loop(m, body, (basis, zeros, zeros), args, host)
   return alphas, betas[:-1]
 
 
@@ -104,55 +141,95 @@ def ritz_values(alphas: jax.Array, betas: jax.Array) -> jax.Array:
   return jnp.linalg.eigvalsh(t)[::-1]
 
 
-def top_eigenvalues(matvec: Callable, dim: int, k: int, num_iters: int, key: jax.Array,
-                    dtype=jnp.float32):
-  """The k largest eigenvalues [k] of a symmetric map [dim] -> [dim], by Lanczos."""
-  v0 = jax.random.normal(key, (dim,), dtype)
-  return ritz_values(*lanczos(matvec, v0, min(num_iters, dim)))[:k]
+def hutchinson_body(matvec: Callable) -> Callable:
+  """One probe of Hutchinson's estimator, z_i^T H z_i, as a fori_loop body; carry
+  (probes [n, d], samples [n])."""
+  def body(i, carry, args):
+    probes, samples = carry
+    return probes, samples.at[i].set(jnp.vdot(probes[i], matvec(probes[i], args)))
+
+  return body
 
 
-def hutchinson_trace(matvec: Callable, dim: int, num_samples: int, key: jax.Array,
-                     dtype=jnp.float32):
-  """(estimate, standard error) of tr(H) from Rademacher probes: E[z^T H z] = tr(H).
-
-  The estimator's variance is 2 (|H|_F^2 - sum_i H_ii^2) per probe, so the standard error
-  shrinks as 1 / sqrt(num_samples).
-  """
-  z = jax.random.rademacher(key, (num_samples, dim), dtype)
-  samples = lax.map(lambda v: jnp.vdot(v, matvec(v)), z)
+def hutchinson(body: Callable, args, dim: int, num_samples: int, key: jax.Array, dtype,
+               host: bool):
+  """(estimate, standard error) of tr(H) from Rademacher probes, E[z^T H z] = tr(H); the
+  per-probe variance is 2 (|H|_F^2 - sum_i H_ii^2). body: from `hutchinson_body`."""
+  probes = jax.random.rademacher(key, (num_samples, dim), dtype)
+  _, samples = fori_loop(num_samples, body, (probes, jnp.zeros(num_samples, dtype)), args,
+                         host)
   return jnp.mean(samples), jnp.std(samples, ddof=1) / jnp.sqrt(num_samples)
 
 
-def make_measure(model, options: HessianLoss, k: int = 1, num_iters: int = 20,
-                 trace_samples: int = 0):
-  """measure(params, batch_stats, alpha, images, labels, key) -> dict of
-  "eigenvalues" [k] (largest first, from `num_iters` Lanczos steps), "lambda_max", and
-  with trace_samples > 0 "trace" and "trace_stderr" (Hutchinson). Pure; jit it with the
-  batch sharded on its second axis (`images`: [B, N, H, W, 3])."""
-  def measure(params, batch_stats, alpha, images, labels, key):
+def rows_body(matvec: Callable) -> Callable:
+  """Row i of the dense matrix, H e_i, as a fori_loop body; carry H [d, d]."""
+  def body(i, h, args):
+    return h.at[i].set(matvec(jnp.zeros(h.shape[0], h.dtype).at[i].set(1.0), args))
+
+  return body
+
+
+class Measure:
+  """The Hessian of the validation loss at a search state, by exact HVPs.
+
+  Call: (params, batch_stats, alpha, images [B, N, H, W, 3] float, labels [B, N], key) ->
+    lambda_max and eigenvalues [k] (largest first, `num_iters` Lanczos steps), with
+    trace_samples > 0 also trace and trace_stderr (Hutchinson).
+  `spectrum(...)` (same arguments) -> (H [d, d] symmetrised, its eigenvalues [d]).
+
+  With host=False (GPU/TPU) the calls are pure and jittable, their loops compiled; with
+  host=True (the CPU default, see `fori_loop`) call them unjitted: each loop body is
+  compiled once and reused across calls. Shard the batch on the second axis of images.
+  """
+
+  def __init__(self, model, options: HessianLoss, k: int = 1, num_iters: int = 20,
+               trace_samples: int = 0, host: bool | None = None):
+    self.model, self.options, self.k = model, options, k
+    self.num_iters, self.trace_samples = num_iters, trace_samples
+    self.host = host_loops() if host is None else host
+
+    def matvec(v, args):
+      params, batch_stats, alpha, images, labels, key = args
+      loss, x0 = make_loss(model, options, params, batch_stats, alpha, images, labels, key)
+      return hvp(loss, x0, v)
+
+    self.lanczos_body = lanczos_body(matvec)
+    self.hutchinson_body = hutchinson_body(matvec)
+    self.rows_body = rows_body(matvec)
+
+  def on_mesh(self, mesh) -> Callable:
+    """`self` as a callable for state replicated and batch sharded on `mesh`: jitted with
+    those shardings when the loops compile (host=False), else `self` (its loop bodies are
+    compiled per call site and follow their inputs' shardings)."""
+    if self.host:
+      return self
+    rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh, axis=1)
+    return jax.jit(self.__call__, in_shardings=(rep, rep, rep, shard, shard, rep),
+                   out_shardings=rep)
+
+  def _point(self, alpha):
+    x0, _ = ravel_pytree(alpha)
+    return x0.size, x0.dtype
+
+  def __call__(self, params, batch_stats, alpha, images, labels, key) -> dict:
     k_noise, k_lanczos, k_trace = jax.random.split(key, 3)
-    loss, x0 = make_loss(model, options, params, batch_stats, alpha, images, labels, k_noise)
-    matvec = lambda v: hvp(loss, x0, v)
-    top = top_eigenvalues(matvec, x0.size, k, num_iters, k_lanczos, x0.dtype)
+    args = (params, batch_stats, alpha, images, labels, k_noise)
+    dim, dtype = self._point(alpha)
+    m = min(self.num_iters, dim)
+    v0 = jax.random.normal(k_lanczos, (dim,), dtype)
+    top = ritz_values(*lanczos(self.lanczos_body, args, v0, m, self.host))[:self.k]
     out = {"eigenvalues": top, "lambda_max": top[0]}
-    if trace_samples:
-      out["trace"], out["trace_stderr"] = hutchinson_trace(matvec, x0.size, trace_samples,
-                                                           k_trace, x0.dtype)
+    if self.trace_samples:
+      out["trace"], out["trace_stderr"] = hutchinson(
+          self.hutchinson_body, args, dim, self.trace_samples, k_trace, dtype, self.host)
     return out
 
-  return measure
-
-
-def make_spectrum(model, options: HessianLoss):
-  """spectrum(params, batch_stats, alpha, images, labels, key) -> (H [d, d] symmetrised,
-  its eigenvalues [d], largest first): the dense Hessian, one HVP per coordinate."""
-  def spectrum(params, batch_stats, alpha, images, labels, key):
-    loss, x0 = make_loss(model, options, params, batch_stats, alpha, images, labels, key)
-    h = lax.map(lambda e: hvp(loss, x0, e), jnp.eye(x0.size, dtype=x0.dtype))
+  def spectrum(self, params, batch_stats, alpha, images, labels, key):
+    args = (params, batch_stats, alpha, images, labels, key)
+    dim, dtype = self._point(alpha)
+    h = fori_loop(dim, self.rows_body, jnp.zeros((dim, dim), dtype), args, self.host)
     h = 0.5 * (h + h.T)
     return h, jnp.linalg.eigvalsh(h)[::-1]
-
-  return spectrum
 
 
 def early_stop(values: list[float], window: int, lag: int, factor: float) -> bool:

@@ -259,12 +259,9 @@ class HessianTracker:
     self.fn = None
     if self.cfg.every_epochs:
       options = hessian.HessianLoss(self.cfg.wrt, self.cfg.train_bn, self.cfg.weight_decay)
-      measure = hessian.make_measure(model, options, self.cfg.top_k, self.cfg.lanczos_iters,
-                                     self.cfg.trace_samples)
-      rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh, axis=1)
-      self.fn = jax.jit(measure, in_shardings=(rep, rep, rep, shard, shard, rep),
-                        out_shardings=rep)
-      self.sharding = shard
+      self.fn = hessian.Measure(model, options, self.cfg.top_k, self.cfg.lanczos_iters,
+                                self.cfg.trace_samples).on_mesh(mesh)
+      self.sharding = parallel.batch_sharded(mesh, axis=1)
 
   def measure(self, state, epoch: int, writer, step_count: int) -> dict:
     if not self.fn or (epoch + 1) % self.cfg.every_epochs:

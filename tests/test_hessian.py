@@ -42,25 +42,38 @@ def test_hvp_equals_dense_hessian_times_v(wrt):
     assert float(jnp.abs(h - h.T).max()) < 1e-10 * float(jnp.abs(h).max())
 
 
-def test_lanczos_and_spectrum_match_eigh():
+@pytest.mark.parametrize("host", [True, False])
+def test_lanczos_and_spectrum_match_eigh(host):
+  """Host-driven loops (CPU) and compiled loops (GPU/TPU) agree with eigh of jax.hessian."""
   model, state, x, y = setup()
   options = hessian.HessianLoss(train_bn=True)
+  measure = hessian.Measure(model, options, k=3, num_iters=30, host=host)
+  call = measure if host else jax.jit(measure)
+  spectrum = measure.spectrum if host else jax.jit(measure.spectrum)
   with jax.enable_x64(True):
-    args = _f64((state["params"], state["batch_stats"], state["alpha"], x)) + (y, KEY)
-    h, spectrum = jax.jit(hessian.make_spectrum(model, options))(*args)
-    want = np.linalg.eigvalsh(np.asarray(h))[::-1]
-    np.testing.assert_allclose(spectrum, want, rtol=1e-10, atol=1e-12)
-    out = jax.jit(hessian.make_measure(model, options, k=3, num_iters=30))(*args)
+    params, stats, alpha, x64 = _f64((state["params"], state["batch_stats"], state["alpha"], x))
+    args = (params, stats, alpha, x64, y, KEY)
+    loss, x0 = hessian.make_loss(model, options, params, stats, alpha, x64, y, KEY)
+    want = np.linalg.eigvalsh(np.asarray(jax.jit(jax.hessian(loss))(x0)))[::-1]
+    h, eig = spectrum(*args)
+    np.testing.assert_allclose(eig, want, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(np.linalg.eigvalsh(np.asarray(h))[::-1], want, rtol=1e-9,
+                               atol=1e-12)
+    out = call(*args)
     np.testing.assert_allclose(out["eigenvalues"], want[:3], rtol=1e-4)
     assert out["lambda_max"] == out["eigenvalues"][0]
 
 
-def test_lanczos_on_a_known_matrix():
+
+@pytest.mark.parametrize("host", [True, False])
+def test_lanczos_on_a_known_matrix(host):
   rng = np.random.default_rng(0)
   q, _ = np.linalg.qr(rng.normal(size=(50, 50)))
   eig = np.concatenate([[10.0, 7.0, 6.5], rng.uniform(-1, 1, 47)])
   m = jnp.asarray((q * eig) @ q.T, jnp.float32)
-  top = hessian.top_eigenvalues(lambda v: m @ v, 50, 3, 25, KEY)
+  body = hessian.lanczos_body(lambda v, a: a @ v)
+  v0 = jax.random.normal(KEY, (50,))
+  top = hessian.ritz_values(*hessian.lanczos(body, m, v0, 25, host))[:3]
   np.testing.assert_allclose(top, [10.0, 7.0, 6.5], rtol=1e-4)
 
 
@@ -69,26 +82,29 @@ def test_hutchinson_within_its_stated_error():
   a = rng.normal(size=(40, 40))
   m = jnp.asarray(a + a.T, jnp.float32)
   true = float(jnp.trace(m))
-  est, se = hessian.hutchinson_trace(lambda v: m @ v, 40, 2000, KEY)
+  body = hessian.hutchinson_body(lambda v, a: a @ v)
+  est, se = hessian.hutchinson(body, m, 40, 2000, KEY, jnp.float32, host=False)
   # The per-probe variance is 2 (|M|_F^2 - sum M_ii^2) for Rademacher probes.
   theory = np.sqrt(2 * (np.sum(np.asarray(m) ** 2) - np.sum(np.diag(m) ** 2)) / 2000)
   assert abs(float(se) - theory) < 0.1 * theory
   assert abs(float(est) - true) < 4 * theory
 
 
-def test_one_and_four_devices_agree():
+@pytest.mark.parametrize("host", [True, False])
+def test_one_and_four_devices_agree(host):
   if jax.device_count() < 4:
     pytest.skip("needs the 4 CPU devices of conftest")
   model, state, x, y = setup()
-  measure = hessian.make_measure(model, hessian.HessianLoss(), k=2, num_iters=15,
-                                 trace_samples=8)
+  measure = hessian.Measure(model, hessian.HessianLoss(), k=2, num_iters=15, trace_samples=8,
+                            host=host)
   results = []
   for n in (1, 4):
     mesh = parallel.make_mesh(n)
-    rep = parallel.replicated(mesh)
-    shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
-    fn = jax.jit(measure, in_shardings=(rep, rep, rep, shard, shard, rep))
-    results.append(fn(state["params"], state["batch_stats"], state["alpha"], x, y, KEY))
+    rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh, axis=1)
+    args = [jax.device_put(a, rep) for a in (state["params"], state["batch_stats"],
+                                             state["alpha"])]
+    args += [jax.device_put(x, shard), jax.device_put(y, shard), KEY]
+    results.append(measure.on_mesh(mesh)(*args))
   for name in ("eigenvalues", "trace"):
     np.testing.assert_allclose(results[0][name], results[1][name], rtol=1e-4)
 

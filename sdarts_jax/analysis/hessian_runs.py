@@ -21,8 +21,9 @@ from absl import app, flags
 
 def measure_run(run, options, f) -> list[dict]:
   from sdarts_jax import hessian
-  fn = jax.jit(hessian.make_measure(run.model, options, f.top_k, f.lanczos_iters,
-                                    f.trace_samples))
+  fn = hessian.Measure(run.model, options, f.top_k, f.lanczos_iters, f.trace_samples)
+  if not fn.host:
+    fn = jax.jit(fn)
   images, labels = run.batches(f.batches)
   records = []
   for step in run.steps():
