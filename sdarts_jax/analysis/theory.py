@@ -140,7 +140,7 @@ def main(argv):
                               xb, unravel(a), f.train_bn, mutable=["batch_stats"],
                               rngs={"noise": jax.random.PRNGKey(0)})
       return step.cross_entropy(logits, yb)
-    return jnp.mean(lax.map(lambda b: one(*b), (images, labels)))
+    return jnp.mean(jax.vmap(one)(images, labels))
 
   rows = check(loss, a0, [float(e) for e in f.eps], f.pairs, f.pgd_steps,
                jax.random.PRNGKey(run.config.seed))
