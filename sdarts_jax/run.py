@@ -3,18 +3,22 @@ config, the persistent compilation cache, preemption, logging."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import tempfile
+from typing import Callable
 
 import jax
 from absl import logging as absl_logging
 
 from sdarts_jax import metrics
 
-# Config fields that may change when a run resumes; any other difference is an error.
+# Config fields (dotted paths) that may change when a run resumes; any other difference
+# is an error.
 RESUMABLE_FIELDS = ("log_every_steps", "compilation_cache", "checkpoints_to_keep",
-                    "eval_every_epochs", "checkpoint_every_epochs")
+                    "eval_every_epochs", "checkpoint_every_epochs", "data.workers",
+                    "data.threads")
 
 
 class RunError(RuntimeError):
@@ -34,15 +38,25 @@ def check_workdir(workdir: str) -> None:
     raise ValueError(f"--workdir={workdir} is not a writable directory ({e.strerror})") from None
 
 
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
 def check_resume(config, workdir: str) -> None:
   """Save config.json, or check that the one already in workdir describes the same run."""
   path = os.path.join(workdir, "config.json")
   current = json.loads(config.to_json())
   if os.path.exists(path):
     with open(path) as f:
-      saved = json.load(f)
-    differ = sorted(k for k in set(saved) | set(current)
-                    if k not in RESUMABLE_FIELDS and saved.get(k) != current.get(k))
+      saved, now = _flatten(json.load(f)), _flatten(current)
+    differ = sorted(k for k in set(saved) | set(now)
+                    if k not in RESUMABLE_FIELDS and saved.get(k) != now.get(k))
     if differ:
       raise ValueError(f"--workdir={workdir} holds a run with a different configuration "
                        f"(fields {', '.join(differ)}); resume it with the same config or use "
@@ -50,6 +64,38 @@ def check_resume(config, workdir: str) -> None:
   if metrics.is_writer():
     with open(path, "w") as f:
       json.dump(current, f, indent=1, sort_keys=True)
+
+
+def start(config, workdir: str) -> None:
+  """Before a run loads anything: the workdir, the saved config, the compilation cache."""
+  check_workdir(workdir)
+  check_resume(config, workdir)
+  enable_compilation_cache(config.compilation_cache)
+
+
+def restore_or_init(ckpt, init: Callable, sharding, workdir: str) -> tuple[dict, dict]:
+  """(state, checkpoint record) from the latest checkpoint, else (init(), {}).
+
+  init: a jitted function returning the initial state (its shapes are the restore target).
+  """
+  latest = ckpt.latest_step()
+  if latest is None:
+    return init(), {}
+  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+                          jax.eval_shape(init))
+  try:
+    state, meta = ckpt.restore(latest, abstract)
+  except (ValueError, KeyError) as e:
+    raise RunError(f"cannot restore the checkpoint at step {latest} in {workdir}: {e}") from None
+  log(f"resumed from step {latest}")
+  return state, meta
+
+
+def check_finite(values: dict[str, float], step: int, ckpt, workdir: str) -> None:
+  """RunError if a metric is NaN or infinite; the last good checkpoint stays on disk."""
+  if not all(math.isfinite(v) for v in values.values()):
+    raise RunError(f"non-finite metrics at step {step}: {values}. The run stops; the last good "
+                   f"checkpoint (step {ckpt.latest_step()}) is kept in {workdir}/checkpoints.")
 
 
 def enable_compilation_cache(directory: str) -> None:

@@ -102,9 +102,7 @@ def make_infer(model: supernet.Supernet, source: data.Source, seed: int):
 def train_and_evaluate(config, workdir: str) -> dict:
   """Run (or resume) a search; returns the last epoch's record."""
   check_config(config)
-  run.check_workdir(workdir)
-  run.check_resume(config, workdir)
-  run.enable_compilation_cache(config.compilation_cache)
+  run.start(config, workdir)
 
   # Mesh.
   mesh = parallel.make_mesh()
@@ -120,7 +118,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   model = build_model(config, source.num_classes)
   init = jax.jit(lambda: init_state(model, config, source.images.shape[1:], spe),
                  out_shardings=replicated)
-  abstract = jax.eval_shape(init)
 
   # Compiled functions.
   preprocess = lambda key, images: data.preprocess(
@@ -135,21 +132,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # Checkpoint.
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoints_to_keep)
-  latest = ckpt.latest_step()
-  if latest is None:
-    state = init()
-  else:
-    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
-                            abstract)
-    try:
-      state, meta = ckpt.restore(latest, abstract)
-    except (ValueError, KeyError) as e:
-      raise run.RunError(f"cannot restore the checkpoint at step {latest} in {workdir}: {e}")
-    tracker.history = [tuple(h) for h in meta.get("lambda_max", [])]
-    if meta.get("early_stopped"):
-      run.log(f"this run stopped early at epoch {meta['epoch']} (RobustDARTS rule); nothing to do")
-      return {}
-    run.log(f"resumed from step {latest} (epoch {latest // spe})")
+  state, meta = run.restore_or_init(ckpt, init, replicated, workdir)
+  tracker.history = [tuple(h) for h in meta.get("lambda_max", [])]
+  if meta.get("early_stopped"):
+    run.log(f"this run stopped early at epoch {meta['epoch']} (RobustDARTS rule); nothing to do")
+    return {}
 
   writer = metrics.MetricWriter(workdir)
   preempted = run.on_sigterm()
@@ -172,10 +159,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     state, m = train_step(state, batch)
     m = {k: float(v) for k, v in jax.device_get(m).items()}
     t_step = time.time() - t_step
-    if not all(np.isfinite(v) for v in m.values()):
-      last = ckpt.latest_step()
-      raise run.RunError(f"non-finite metrics at step {global_step + 1}: {m}. The run stops; the "
-                        f"last good checkpoint (step {last}) is kept in {workdir}/checkpoints.")
+    run.check_finite(m, global_step + 1, ckpt, workdir)
     for k, v in m.items():
       sums[k] = sums.get(k, 0.0) + v
     done = global_step + 1

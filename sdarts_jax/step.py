@@ -99,9 +99,10 @@ def weight_lr(cfg, epochs: int, steps_per_epoch: int) -> Callable[[jax.Array], j
   return schedule
 
 
-def weight_optimizer(cfg, epochs: int, steps_per_epoch: int) -> optax.GradientTransformation:
+def sgd(cfg, learning_rate: Callable[[jax.Array], jax.Array]) -> optax.GradientTransformation:
   """Clip the raw gradient to global norm cfg.grad_clip, add weight decay, momentum SGD
-  (buf = momentum * buf + g; w -= lr * buf), as PyTorch's SGD. cfg: config.weights.
+  (buf = momentum * buf + g; w -= lr * buf), as PyTorch's SGD with clip_grad_norm_.
+  learning_rate: step count -> lr. cfg: config.weights (search) or config.optim (training).
 
   optax's clip divides by the norm where PyTorch divides by (norm + 1e-6): a relative
   difference of 1e-6 / norm.
@@ -109,7 +110,12 @@ def weight_optimizer(cfg, epochs: int, steps_per_epoch: int) -> optax.GradientTr
   return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
                      optax.add_decayed_weights(cfg.weight_decay),
                      optax.trace(decay=cfg.momentum),
-                     optax.scale_by_learning_rate(weight_lr(cfg, epochs, steps_per_epoch)))
+                     optax.scale_by_learning_rate(learning_rate))
+
+
+def weight_optimizer(cfg, epochs: int, steps_per_epoch: int) -> optax.GradientTransformation:
+  """The search's weight optimizer: `sgd` with the cosine `weight_lr`. cfg: config.weights."""
+  return sgd(cfg, weight_lr(cfg, epochs, steps_per_epoch))
 
 
 def eps_at(step, cfg, epochs: int, steps_per_epoch: int):

@@ -12,7 +12,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from sdarts_jax import checkpoint, genotype, metrics, ops, parallel, run, step
@@ -84,12 +83,8 @@ def learning_rate(cfg, epochs: int, steps_per_epoch: int):
 
 
 def optimizer(cfg, epochs: int, steps_per_epoch: int) -> optax.GradientTransformation:
-  """The reference's SGD: clip to global norm, add weight decay, momentum, lr schedule
-  (as `sdarts_jax.step.weight_optimizer`, with `learning_rate`'s schedules)."""
-  return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
-                     optax.add_decayed_weights(cfg.weight_decay),
-                     optax.trace(decay=cfg.momentum),
-                     optax.scale_by_learning_rate(learning_rate(cfg, epochs, steps_per_epoch)))
+  """The reference's SGD (`step.sgd`) with `learning_rate`'s schedules."""
+  return step.sgd(cfg, learning_rate(cfg, epochs, steps_per_epoch))
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float = 0.0) -> jax.Array:
@@ -181,9 +176,7 @@ def make_infer(model: network.Network, preprocess):
 def train_and_evaluate(config, workdir: str) -> dict:
   """Train (or resume) the network of config.arch; returns the last epoch's record."""
   check_config(config)
-  run.check_workdir(workdir)
-  run.check_resume(config, workdir)
-  run.enable_compilation_cache(config.compilation_cache)
+  run.start(config, workdir)
 
   # Mesh.
   mesh = parallel.make_mesh()
@@ -199,8 +192,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   model = build_model(config, inputs.num_classes)
   init = jax.jit(lambda: init_state(model, config, inputs.image_shape, spe),
                  out_shardings=replicated)
-  abstract = jax.eval_shape(init)
-  num_params = network.count_params(abstract["params"])
+  num_params = network.count_params(jax.eval_shape(init)["params"])
 
   # Compiled functions.
   train_step = jax.jit(make_train_step(model, config, spe, inputs.preprocess),
@@ -211,17 +203,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # Checkpoint.
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoints_to_keep)
-  latest = ckpt.latest_step()
-  if latest is None:
-    state = init()
-  else:
-    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
-                            abstract)
-    try:
-      state, _ = ckpt.restore(latest, abstract)
-    except (ValueError, KeyError) as e:
-      raise run.RunError(f"cannot restore the checkpoint at step {latest} in {workdir}: {e}")
-    run.log(f"resumed from step {latest} (epoch {latest // spe})")
+  state, _ = run.restore_or_init(ckpt, init, replicated, workdir)
 
   writer = metrics.MetricWriter(workdir)
   preempted = run.on_sigterm()
@@ -241,10 +223,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       state, m = train_step(state, batch)
       m = {k: float(v) for k, v in jax.device_get(m).items()}
       done = epoch * spe + index + 1
-      if not all(np.isfinite(v) for v in m.values()):
-        raise run.RunError(f"non-finite metrics at step {done}: {m}. The run stops; the last "
-                           f"good checkpoint (step {ckpt.latest_step()}) is kept in "
-                           f"{workdir}/checkpoints.")
+      run.check_finite(m, done, ckpt, workdir)
       for k, v in m.items():
         sums[k] = sums.get(k, 0.0) + v
       progress.update(done, time.time() - t_step,
