@@ -31,13 +31,31 @@ def tiny_config(method_name="adv", **overrides):
   c.data.batch_size = 8
   c.log_every_steps = 1
   c.compilation_cache = ""
+  return override(c, overrides)
+
+
+def override(config, overrides: dict):
+  """Set dotted fields: {"data.batch_size": 8} sets config.data.batch_size."""
   for key, value in overrides.items():
-    target = c
+    target = config
     *path, last = key.split(".")
     for p in path:
       target = target[p]
     target[last] = value
-  return c
+  return config
+
+
+def sigterm_after(steps: int):
+  """A stand-in for `run.on_sigterm` whose flag rises after `steps` steps."""
+  calls = {"n": 0}
+
+  def on_sigterm():
+    def preempted():
+      calls["n"] += 1
+      return calls["n"] >= steps
+    return preempted
+
+  return on_sigterm
 
 
 @pytest.fixture

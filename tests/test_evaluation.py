@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from conftest import override, sigterm_after
 from sdarts_jax import data, genotype, parallel, run
 from sdarts_jax.evaluation import defaults, input_pipeline, network, report, train
 
@@ -48,13 +49,7 @@ def tiny_config(**overrides):
   c.drop_path = 0.5
   c.log_every_steps = 1
   c.compilation_cache = ""
-  for key, value in overrides.items():
-    target = c
-    *path, last = key.split(".")
-    for p in path:
-      target = target[p]
-    target[last] = value
-  return c
+  return override(c, overrides)
 
 
 @functools.lru_cache(maxsize=None)
@@ -270,16 +265,8 @@ def test_training_writes_outputs_and_resumes_exactly(tmp_path, monkeypatch):
   assert {"test_loss", "test_top5_accuracy", "lr"} <= set(epochs[1])
 
   # SIGTERM after step 3 (mid-epoch), then resumed: the same final state, bit for bit.
-  calls = {"n": 0}
-
-  def sigterm_after_three():
-    def preempted():
-      calls["n"] += 1
-      return calls["n"] >= 3
-    return preempted
-
   resumed = str(tmp_path / "resumed")
-  monkeypatch.setattr(run, "on_sigterm", sigterm_after_three)
+  monkeypatch.setattr(run, "on_sigterm", sigterm_after(3))
   train.train_and_evaluate(config, resumed)
   assert _final_state(resumed)[0] == 3
   monkeypatch.undo()

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import sigterm_after, tiny_config
 from sdarts_jax import checkpoint, data, run, search
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -52,16 +52,8 @@ def test_search_writes_outputs_and_resumes_exactly(tmp_path, monkeypatch):
   assert os.listdir(os.path.join(full, "tensorboard"))
 
   # Interrupted after step 3 (mid-epoch) by a simulated SIGTERM, then resumed.
-  calls = {"n": 0}
-
-  def sigterm_after_three():
-    def preempted():
-      calls["n"] += 1
-      return calls["n"] == 3
-    return preempted
-
   resumed = str(tmp_path / "resumed")
-  monkeypatch.setattr(run, "on_sigterm", sigterm_after_three)
+  monkeypatch.setattr(run, "on_sigterm", sigterm_after(3))
   search.train_and_evaluate(config, resumed)
   assert _final_state(resumed)[0] == 3
   monkeypatch.undo()
