@@ -91,6 +91,11 @@ def fori_loop(num: int, body: Callable, carry, args, host: bool):
   if not host:
     return lax.fori_loop(0, num, lambda i, c: body(i, c, args), carry)
   compiled = _jit(body)
+  # Place the carry as the body's outputs will be (like the first, replicated, argument):
+  # a carry placed differently on the first call would compile the body twice.
+  first = jax.tree.leaves(args)[0]
+  if isinstance(first, jax.Array):
+    carry = jax.device_put(carry, first.sharding)
   for i in range(num):
     carry = compiled(i, carry, args)
   return carry
