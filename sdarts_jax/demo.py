@@ -61,6 +61,9 @@ def main(argv):
   except (ValueError, run.RunError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except run.Preempted as e:
+    print(f"\n{e}", file=sys.stderr)
+    sys.exit(run.PREEMPTED_EXIT)
   print(f"\ndemo finished: genotype in {f.workdir}/genotype.json, metrics in "
         f"{f.workdir}/metrics.jsonl, checkpoints in {f.workdir}/checkpoints "
         f"(eval accuracy {record.get('eval_accuracy', float('nan')):.3f})")

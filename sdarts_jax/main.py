@@ -34,6 +34,9 @@ def main(argv):
   except (ValueError, run.RunError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except run.Preempted as e:
+    print(f"\n{e}", file=sys.stderr)
+    sys.exit(run.PREEMPTED_EXIT)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,14 @@ class RunError(RuntimeError):
   """A run that cannot go on (non-finite loss, incompatible workdir)."""
 
 
+class Preempted(Exception):
+  """SIGTERM arrived; the run saved a checkpoint and stopped. Rerun it to resume."""
+
+
+# Exit status after preemption (128 + SIGTERM), so schedulers see an interrupted job.
+PREEMPTED_EXIT = 143
+
+
 def check_workdir(workdir: str) -> None:
   """ValueError unless `workdir` can be created and written."""
   if not workdir:
@@ -89,6 +97,13 @@ def restore_or_init(ckpt, init: Callable, sharding, workdir: str) -> tuple[dict,
     raise RunError(f"cannot restore the checkpoint at step {latest} in {workdir}: {e}") from None
   log(f"resumed from step {latest}")
   return state, meta
+
+
+def preempt(ckpt, step: int, state, meta: dict) -> None:
+  """Save `state` at `step` (meta gains "preempted": True), wait for it, raise Preempted."""
+  ckpt.save(step, state, dict(meta, preempted=True))
+  ckpt.wait()
+  raise Preempted(f"SIGTERM: saved step {step}; rerun the same command to resume")
 
 
 def check_finite(values: dict[str, float], step: int, ckpt, workdir: str) -> None:

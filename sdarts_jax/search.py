@@ -100,7 +100,8 @@ def make_infer(model: supernet.Supernet, source: data.Source, seed: int):
 # ---------------------------------------------------------------- the search
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Run (or resume) a search; returns the last epoch's record."""
+  """Run (or resume) a search; returns the last epoch's record. Raises run.Preempted after
+  saving a checkpoint when SIGTERM arrives."""
   check_config(config)
   run.start(config, workdir)
 
@@ -185,10 +186,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if (epoch + 1) % config.checkpoint_every_epochs == 0 or done == total_steps:
         ckpt.save(done, state, dict(meta, lambda_max=tracker.history))
     if preempted() and done < total_steps:
-      ckpt.save(done, state, dict(meta, preempted=True))
-      ckpt.wait()
-      run.log(f"\nSIGTERM: saved step {done}; rerun the same command to resume")
-      break
+      run.preempt(ckpt, done, state, meta)
   ckpt.wait()
   ckpt.close()
   writer.close()

@@ -267,7 +267,8 @@ def test_training_writes_outputs_and_resumes_exactly(tmp_path, monkeypatch):
   # SIGTERM after step 3 (mid-epoch), then resumed: the same final state, bit for bit.
   resumed = str(tmp_path / "resumed")
   monkeypatch.setattr(run, "on_sigterm", sigterm_after(3))
-  train.train_and_evaluate(config, resumed)
+  with pytest.raises(run.Preempted):
+    train.train_and_evaluate(config, resumed)
   assert _final_state(resumed)[0] == 3
   monkeypatch.undo()
   train.train_and_evaluate(config, resumed)

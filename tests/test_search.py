@@ -54,7 +54,8 @@ def test_search_writes_outputs_and_resumes_exactly(tmp_path, monkeypatch):
   # Interrupted after step 3 (mid-epoch) by a simulated SIGTERM, then resumed.
   resumed = str(tmp_path / "resumed")
   monkeypatch.setattr(run, "on_sigterm", sigterm_after(3))
-  search.train_and_evaluate(config, resumed)
+  with pytest.raises(run.Preempted):
+    search.train_and_evaluate(config, resumed)
   assert _final_state(resumed)[0] == 3
   monkeypatch.undo()
   search.train_and_evaluate(config, resumed)

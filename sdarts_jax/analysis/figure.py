@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from absl import app, flags
 
@@ -39,7 +40,10 @@ def main(argv):
   series = {}
   for method in f.methods.split(","):
     workdir = os.path.join(f.workdir, method)
-    search.train_and_evaluate(config_for(method), workdir)
+    try:
+      search.train_and_evaluate(config_for(method), workdir)
+    except run.Preempted as e:
+      sys.exit(f"{e} (python -m sdarts_jax.analysis.figure with the same flags)")
     points = [(r["epoch"], r["hessian_lambda_max"]) for r in plots.read_records(workdir, "hessian")]
     series[plots.run_label(workdir)] = points
     print(json.dumps({"method": method, "lambda_max": points}))

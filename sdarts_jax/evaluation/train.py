@@ -218,7 +218,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   first_epoch, first_index = divmod(start, spe)
   for epoch in range(first_epoch, config.epochs):
     offset = first_index if epoch == first_epoch else 0
-    sums, stop, t_epoch, t_step = {}, False, time.time(), time.time()
+    sums, t_epoch, t_step = {}, time.time(), time.time()
     for index, batch in enumerate(inputs.train_epoch(epoch, offset), start=offset):
       state, m = train_step(state, batch)
       m = {k: float(v) for k, v in jax.device_get(m).items()}
@@ -232,18 +232,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
       t_step = time.time()
       if done % config.log_every_steps == 0:
         writer.write("train", done, m)
-      stop = preempted() and done < total_steps
-      if stop:
-        break
-    if not stop or index + 1 == spe:
-      record = _end_of_epoch(config, epoch, sums, index + 1 - offset, state, inputs, infer,
-                             writer, time.time() - t_epoch, num_params)
-    if stop or (epoch + 1) % config.checkpoint_every_epochs == 0 or done == total_steps:
-      ckpt.save(done, state, {"step": done, "epoch": done // spe, "preempted": stop})
-    if stop:
-      ckpt.wait()
-      run.log(f"\nSIGTERM: saved step {done}; rerun the same command to resume")
-      break
+      if preempted() and index + 1 < spe:
+        run.preempt(ckpt, done, state, {"step": done, "epoch": epoch})
+    record = _end_of_epoch(config, epoch, sums, spe - offset, state, inputs, infer, writer,
+                           time.time() - t_epoch, num_params)
+    if preempted() and done < total_steps:
+      run.preempt(ckpt, done, state, {"step": done, "epoch": epoch + 1})
+    if (epoch + 1) % config.checkpoint_every_epochs == 0 or done == total_steps:
+      ckpt.save(done, state, {"step": done, "epoch": epoch + 1})
   ckpt.wait()
   ckpt.close()
   writer.close()
