@@ -41,7 +41,7 @@ def main() -> None:
   p.add_argument("--reference", choices=["dense", "lanczos"], default="dense")
   a = p.parse_args()
 
-  from sdarts_jax import data, defaults, hessian, search, step
+  from sdarts_jax import data, defaults, hessian, search
   from sdarts_jax.analysis import runs
 
   if a.workdir:

@@ -21,7 +21,6 @@ import time
 
 def measure(method: str, layers: int, channels: int, batch: int, space: str, steps: int) -> dict:
   import jax
-  import jax.numpy as jnp
   import numpy as np
 
   from sdarts_jax import data, defaults, search, step

@@ -56,14 +56,7 @@ def main(argv):
             "  .venv/bin/pip install -e '.[prepare]' && .venv/bin/tfds build cifar10 "
             "--file_format=array_record", file=sys.stderr)
       sys.exit(2)
-  try:
-    record = search.train_and_evaluate(config, f.workdir)
-  except (ValueError, run.RunError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except run.Preempted as e:
-    print(f"\n{e}", file=sys.stderr)
-    sys.exit(run.PREEMPTED_EXIT)
+  record = run.as_command(search.train_and_evaluate, config, f.workdir)
   print(f"\ndemo finished: genotype in {f.workdir}/genotype.json, metrics in "
         f"{f.workdir}/metrics.jsonl, checkpoints in {f.workdir}/checkpoints "
         f"(eval accuracy {record.get('eval_accuracy', float('nan')):.3f})")

@@ -23,20 +23,14 @@ def main(argv):
   from sdarts_jax import run, search  # after distributed init: importing JAX modules is fine,
   config = flags.FLAGS.config     # touching devices is not
   run.quiet_libraries()
-  try:
-    if config.mode == "search":
-      search.train_and_evaluate(config, flags.FLAGS.workdir)
-    elif config.mode == "train":
-      from sdarts_jax.evaluation import train
-      train.train_and_evaluate(config, flags.FLAGS.workdir)
-    else:
-      raise ValueError(f"unknown config.mode {config.mode!r}; known: search, train")
-  except (ValueError, run.RunError) as e:
-    print(f"error: {e}", file=sys.stderr)
+  if config.mode == "search":
+    run.as_command(search.train_and_evaluate, config, flags.FLAGS.workdir)
+  elif config.mode == "train":
+    from sdarts_jax.evaluation import train
+    run.as_command(train.train_and_evaluate, config, flags.FLAGS.workdir)
+  else:
+    print(f"error: unknown config.mode {config.mode!r}; known: search, train", file=sys.stderr)
     sys.exit(2)
-  except run.Preempted as e:
-    print(f"\n{e}", file=sys.stderr)
-    sys.exit(run.PREEMPTED_EXIT)
 
 
 if __name__ == "__main__":

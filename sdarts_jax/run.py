@@ -6,6 +6,7 @@ import json
 import math
 import os
 import signal
+import sys
 import tempfile
 from typing import Callable
 
@@ -130,6 +131,20 @@ def on_sigterm():
 
   signal.signal(signal.SIGTERM, handler)
   return lambda: flag["set"]
+
+
+def as_command(fn: Callable, *args):
+  """fn(*args) for a command line: a configuration, data or run error ends the process
+  with one `error:` line on stderr and status 2 (no traceback), a preemption with
+  PREEMPTED_EXIT."""
+  try:
+    return fn(*args)
+  except (ValueError, RunError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except Preempted as e:
+    print(f"\n{e}", file=sys.stderr)
+    sys.exit(PREEMPTED_EXIT)
 
 
 def quiet_libraries() -> None:

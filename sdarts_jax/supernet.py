@@ -12,7 +12,6 @@ with `mutable=["batch_stats"]` to receive the updated running statistics. Spaces
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from sdarts_jax import ops, spaces

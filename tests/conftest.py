@@ -58,6 +58,35 @@ def sigterm_after(steps: int):
   return on_sigterm
 
 
+def final_state(workdir: str):
+  """(step, state) of the latest checkpoint in a run's workdir."""
+  from sdarts_jax import checkpoint
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), 2)
+  step = ckpt.latest_step()
+  state, _ = ckpt.restore(step)
+  ckpt.close()
+  return step, state
+
+
+def check_exact_resume(train_fn, config, full: str, resumed: str, monkeypatch, steps: int):
+  """A run of `train_fn(config, resumed)` stopped by a simulated SIGTERM after 3 steps
+  (mid-epoch), then rerun, ends bit-identical to the uninterrupted run in `full` (`steps`
+  steps)."""
+  import jax
+  import numpy as np
+  from sdarts_jax import run
+  monkeypatch.setattr(run, "on_sigterm", sigterm_after(3))
+  with pytest.raises(run.Preempted):
+    train_fn(config, resumed)
+  assert final_state(resumed)[0] == 3
+  monkeypatch.undo()
+  train_fn(config, resumed)
+  (s1, a), (s2, b) = final_state(full), final_state(resumed)
+  assert s1 == s2 == steps
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
 @pytest.fixture
 def make_config():
   return tiny_config

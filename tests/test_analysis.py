@@ -1,6 +1,5 @@
 """Analyses: the theory check's estimators on known functions, Hessians over checkpoints."""
 import functools
-import json
 import os
 
 import jax

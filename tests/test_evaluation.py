@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import override, sigterm_after
-from sdarts_jax import data, genotype, parallel, run
+from conftest import check_exact_resume, final_state, override
+from sdarts_jax import data, genotype, parallel
 from sdarts_jax.evaluation import defaults, input_pipeline, network, report, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -243,21 +243,12 @@ def test_real_training_steps_lower_the_loss():
   assert losses[-1] < 0.8 * losses[0], losses
 
 
-def _final_state(workdir):
-  from sdarts_jax import checkpoint
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), 2)
-  step = ckpt.latest_step()
-  state, _ = ckpt.restore(step)
-  ckpt.close()
-  return step, state
-
-
 def test_training_writes_outputs_and_resumes_exactly(tmp_path, monkeypatch):
   config = tiny_config()
   full = str(tmp_path / "full")
   record = train.train_and_evaluate(config, full)
   assert record["epoch"] == 2 and 0 <= record["test_accuracy"] <= 1
-  assert record["params"] == network.count_params(_final_state(full)[1]["params"])
+  assert record["params"] == network.count_params(final_state(full)[1]["params"])
   lines = [json.loads(l) for l in open(os.path.join(full, "metrics.jsonl"))]
   epochs = [l for l in lines if l["kind"] == "epoch"]
   assert [e["epoch"] for e in epochs] == [1, 2]
@@ -266,16 +257,7 @@ def test_training_writes_outputs_and_resumes_exactly(tmp_path, monkeypatch):
 
   # SIGTERM after step 3 (mid-epoch), then resumed: the same final state, bit for bit.
   resumed = str(tmp_path / "resumed")
-  monkeypatch.setattr(run, "on_sigterm", sigterm_after(3))
-  with pytest.raises(run.Preempted):
-    train.train_and_evaluate(config, resumed)
-  assert _final_state(resumed)[0] == 3
-  monkeypatch.undo()
-  train.train_and_evaluate(config, resumed)
-  (s1, a), (s2, b) = _final_state(full), _final_state(resumed)
-  assert s1 == s2 == 8
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(x, y)
+  check_exact_resume(train.train_and_evaluate, config, full, resumed, monkeypatch, steps=8)
   with pytest.raises(ValueError, match="different configuration"):
     train.train_and_evaluate(tiny_config(seed=3), resumed)
 

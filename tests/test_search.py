@@ -10,8 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import sigterm_after, tiny_config
-from sdarts_jax import checkpoint, data, run, search
+from conftest import check_exact_resume, tiny_config
+from sdarts_jax import data, run, search
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 JPEG = next((p for p in (ROOT.parent / "shared/data/cifar10-jpeg",
@@ -27,14 +27,6 @@ def compilation_cache(tmp_path_factory):
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   yield
   jax.config.update("jax_compilation_cache_dir", before)
-
-
-def _final_state(workdir):
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), 2)
-  step = ckpt.latest_step()
-  state, _ = ckpt.restore(step)
-  ckpt.close()
-  return step, state
 
 
 def test_search_writes_outputs_and_resumes_exactly(tmp_path, monkeypatch):
@@ -53,16 +45,7 @@ def test_search_writes_outputs_and_resumes_exactly(tmp_path, monkeypatch):
 
   # Interrupted after step 3 (mid-epoch) by a simulated SIGTERM, then resumed.
   resumed = str(tmp_path / "resumed")
-  monkeypatch.setattr(run, "on_sigterm", sigterm_after(3))
-  with pytest.raises(run.Preempted):
-    search.train_and_evaluate(config, resumed)
-  assert _final_state(resumed)[0] == 3
-  monkeypatch.undo()
-  search.train_and_evaluate(config, resumed)
-  (s1, a), (s2, b) = _final_state(full), _final_state(resumed)
-  assert s1 == s2 == 8
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(x, y)
+  check_exact_resume(search.train_and_evaluate, config, full, resumed, monkeypatch, steps=8)
 
   # Rerunning a finished run does nothing; a different config is refused.
   search.train_and_evaluate(config, resumed)
