@@ -28,16 +28,17 @@ def test_uniform_gain_is_exact_for_a_quadratic():
     assert float(se) < 0.05 * float(want)
 
 
-def test_pgd_gain_matches_taylor_for_small_eps_and_not_for_large():
+@pytest.mark.parametrize("host", [False, True])
+def test_pgd_gain_matches_taylor_for_small_eps_and_not_for_large(host):
   rng = np.random.default_rng(1)
   g = jnp.asarray(rng.normal(size=5))
   h = jnp.asarray(np.diag([1.0, -2.0, 0.5, 3.0, -1.0]))
   loss = lambda a: g @ a + 0.5 * a @ h @ a + jnp.sum(a**4)  # quartic term breaks it
   a = jnp.zeros(5)
-  small = theory.pgd_gain(loss, a, 1e-3, 20)
+  small = theory.pgd_gain(loss, a, 1e-3, 20, host)
   pred = theory.predictions(g, h, 1e-3)
   np.testing.assert_allclose(small, pred["pgd_second"], rtol=1e-3)
-  big = theory.pgd_gain(loss, a, 3.0, 40)
+  big = theory.pgd_gain(loss, a, 3.0, 40, host)
   assert float(big) > 1.5 * float(theory.predictions(g, h, 3.0)["pgd_second"])
 
 

@@ -15,6 +15,7 @@ perturbations here are not projected onto the simplex: this checks the expansion
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -24,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 from jax import lax
+
+from sdarts_jax import hessian
 
 
 def uniform_gain(loss: Callable, a: jax.Array, eps: float, key: jax.Array, pairs: int):
@@ -35,18 +38,28 @@ def uniform_gain(loss: Callable, a: jax.Array, eps: float, key: jax.Array, pairs
   return jnp.mean(gains), jnp.std(gains, ddof=1) / jnp.sqrt(pairs)
 
 
-def pgd_gain(loss: Callable, a: jax.Array, eps: float, steps: int) -> jax.Array:
+def pgd_gain(loss: Callable, a: jax.Array, eps: float, steps: int,
+             host: bool = False) -> jax.Array:
   """max L(a + delta) - L(a) over |delta|_inf <= eps by sign-gradient ascent from 0 (step
-  2.5 eps / steps), keeping the best iterate."""
-  grad = jax.grad(loss)
-  base = loss(a)
+  2.5 eps / steps), keeping the best iterate. host: drive the ascent from Python over one
+  compiled step (XLA:CPU, see `hessian.fori_loop`)."""
+  carry = (jnp.zeros_like(a), jnp.zeros((), a.dtype))
+  args = (a, jnp.asarray(eps, a.dtype), loss(a))
+  return hessian.fori_loop(steps, _pgd_body(loss, steps), carry, args, host)[1]
 
-  def body(_, carry):
+
+@functools.lru_cache(maxsize=None)
+def _pgd_body(loss: Callable, steps: int) -> Callable:
+  """One ascent step of `pgd_gain`, built once per loss (so it compiles once)."""
+  grad = jax.grad(loss)
+
+  def body(_, carry, args):
+    a, eps, base = args
     delta, best = carry
     delta = jnp.clip(delta + 2.5 * eps / steps * jnp.sign(grad(a + delta)), -eps, eps)
     return delta, jnp.maximum(best, loss(a + delta) - base)
 
-  return lax.fori_loop(0, steps, body, (jnp.zeros_like(a), jnp.zeros((), a.dtype)))[1]
+  return body
 
 
 def predictions(g: jax.Array, h: jax.Array, eps: float) -> dict:
@@ -57,20 +70,21 @@ def predictions(g: jax.Array, h: jax.Array, eps: float) -> dict:
           "pgd_second": first + eps**2 / 2 * s @ h @ s}
 
 
-def check(loss: Callable, a: jax.Array, eps_list, pairs: int, pgd_steps: int,
-          key: jax.Array) -> list[dict]:
-  """One row per eps: measured gains and their predictions (plain floats)."""
+def check(loss: Callable, a: jax.Array, h: jax.Array, eps_list, pairs: int, pgd_steps: int,
+          key: jax.Array, host: bool = False) -> list[dict]:
+  """One row per eps: measured gains and their predictions (plain floats). a: [d], h: the
+  Hessian of `loss` at a [d, d]."""
+  loss = jax.jit(loss)  # one compilation of the loss for every eps
   g = jax.grad(loss)(a)
-  h = jax.hessian(loss)(a)
-  h = 0.5 * (h + h.T)
+  uniform = jax.jit(uniform_gain, static_argnums=(0, 4))
   rows = []
   for i, eps in enumerate(eps_list):
-    mean, se = jax.jit(uniform_gain, static_argnums=(0, 4))(loss, a, eps,
-                                                            jax.random.fold_in(key, i), pairs)
-    pgd = jax.jit(pgd_gain, static_argnums=(0, 3))(loss, a, eps, pgd_steps)
+    mean, se = uniform(loss, a, eps, jax.random.fold_in(key, i), pairs)
+    pgd = pgd_gain(loss, a, eps, pgd_steps, host)
     pred = predictions(g, h, eps)
     rows.append({"eps": eps, "uniform_gain": float(mean), "uniform_stderr": float(se),
                  "pgd_gain": float(pgd), **{k: float(v) for k, v in pred.items()}})
+    print(f"eps {eps}: done", flush=True)
   return rows
 
 
@@ -117,9 +131,7 @@ def plot(rows: list[dict], title: str, out: str) -> None:
 
 def main(argv):
   del argv
-  from jax.flatten_util import ravel_pytree
-
-  from sdarts_jax import ops, run as run_lib, step
+  from sdarts_jax import run as run_lib
   from sdarts_jax.analysis import plots, runs
   run_lib.quiet_libraries()
   f = flags.FLAGS
@@ -130,20 +142,17 @@ def main(argv):
     images, labels = run.batches(f.batches)
   except ValueError as e:
     sys.exit(f"error: {e}")
-  A = step.mixing_weights(state["alpha"])
-  a0, unravel = ravel_pytree(A)
-  model = run.model.clone(impl=ops.autodiff_impl(run.model.impl))
-
-  def loss(a):
-    def one(xb, yb):
-      logits, _ = model.apply({"params": state["params"], "batch_stats": state["batch_stats"]},
-                              xb, unravel(a), f.train_bn, mutable=["batch_stats"],
-                              rngs={"noise": jax.random.PRNGKey(0)})
-      return step.cross_entropy(logits, yb)
-    return jnp.mean(jax.vmap(one)(images, labels))
-
-  rows = check(loss, a0, [float(e) for e in f.eps], f.pairs, f.pgd_steps,
-               jax.random.PRNGKey(run.config.seed))
+  # The loss of the Hessian module, as a function of the mixing weights A, without weight
+  # decay; its dense Hessian from exact HVPs (d of them).
+  options = hessian.HessianLoss(wrt="A", train_bn=f.train_bn, weight_decay=0.0)
+  args = (state["params"], state["batch_stats"], state["alpha"], images, labels,
+          jax.random.PRNGKey(0))
+  loss, a0 = hessian.make_loss(run.model, options, *args)
+  measure = hessian.Measure(run.model, options)
+  print(f"dense Hessian ({a0.size} HVPs)...", flush=True)
+  h, _ = measure.spectrum(*args)
+  rows = check(loss, a0, h, [float(e) for e in f.eps], f.pairs, f.pgd_steps,
+               jax.random.PRNGKey(run.config.seed), measure.host)
   print(table(rows))
   os.makedirs(os.path.dirname(os.path.abspath(f.out)), exist_ok=True)
   with open(f.out + ".json", "w") as fh:
