@@ -117,9 +117,12 @@ def plot(rows: list[dict], title: str, out: str) -> None:
   ax.plot(eps, [r["pgd_first"] for r in rows], "--", label="eps |g|_1")
   ax.plot(eps, [r["pgd_second"] for r in rows], ":", label="+ (eps^2/2) s^T H s")
   ax.set_title("ADV: L-inf ball")
+  positive = all(r[k] > 0 for r in rows for k in
+                 ("uniform_gain", "uniform", "pgd_gain", "pgd_first", "pgd_second"))
+  yscale = {"value": "log"} if positive else {"value": "symlog", "linthresh": 1e-6}
   for ax in axes:
     ax.set_xscale("log")
-    ax.set_yscale("symlog", linthresh=1e-6)
+    ax.set_yscale(**yscale)
     ax.set_xlabel("eps")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
