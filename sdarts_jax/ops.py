@@ -40,6 +40,15 @@ _DN = ("NHWC", "HWIO", "NHWC")
 
 IMPLS = ("fused", "fused_autodiff", "grouped")
 
+# What the backward pass of a convolution computes (`need`, a traced int32 scalar): nothing
+# (the step wants a loss alone), the gradient of its input (enough for the gradient of the
+# mixing weights A), or the gradients of its input and its kernel. The step sets it per
+# supernet evaluation (`sdarts_jax.step`), so the alpha step and the PGD attack skip the
+# weight gradients they do not use and the clean and attacked losses skip the backward
+# convolutions, while one compiled supernet serves every evaluation. Only the "fused" path
+# (the written-out backward pass) reads it; the others always compute everything.
+NO_GRADS, INPUT_GRADS, ALL_GRADS = 0, 1, 2
+
 
 def depthwise_impl() -> str:
   """"fused" on CPU, "grouped" on GPU and TPU (see the module docstring)."""
@@ -68,17 +77,19 @@ def _lax_conv(x, kernel, stride: int, dilation: int, groups: int = 1):
       dimension_numbers=_DN, feature_group_count=groups)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _dense_conv(x, kernel, stride: int, dilation: int):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _dense_conv(x, kernel, need, stride: int, dilation: int):
+  del need  # read by the backward pass only
   return _lax_conv(x, kernel, stride, dilation)
 
 
-def _dense_conv_fwd(x, kernel, stride, dilation):
-  return _lax_conv(x, kernel, stride, dilation), (x, kernel)
+def _dense_conv_fwd(x, kernel, need, stride, dilation):
+  return _lax_conv(x, kernel, stride, dilation), (x, kernel, need)
 
 
 def _dense_conv_bwd(stride, dilation, residuals, g):
-  """Both gradients as plain NHWC/HWIO convolutions.
+  """The gradients that `need` asks for, as plain NHWC/HWIO convolutions (zeros for the
+  others: `lax.cond` runs only the branch taken).
 
   JAX's transpose rules give XLA convolutions with swapped kernel or batch dimensions,
   which XLA:CPU rewrites into fast library calls outside loops but not inside a while
@@ -88,42 +99,52 @@ def _dense_conv_bwd(stride, dilation, residuals, g):
     dK[i, j, c, o] = sum_{n,h,w} xpad[n, s h + d i, s w + d j, c] g[n, h, w, o], a
       convolution with batch C, features N and g as a [Ho, Wo, N, O] kernel.
   """
-  x, kernel = residuals
+  x, kernel, need = residuals
   k = kernel.shape[0]
   pad = dilation * (k - 1) // 2
   span = dilation * (k - 1)
   ho, wo = g.shape[1:3]
   h, w = x.shape[1:3]
-  flipped = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
-  dx = lax.conv_general_dilated(
-      g, flipped, (1, 1),
-      [(span - pad, h + pad - 1 - stride * (ho - 1)), (span - pad, w + pad - 1 - stride * (wo - 1))],
-      lhs_dilation=(stride, stride), rhs_dilation=(dilation, dilation), dimension_numbers=_DN)
-  rows, cols = span + stride * (ho - 1) + 1, span + stride * (wo - 1) + 1
-  xpad = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))[:, :rows, :cols]
-  dk = lax.conv_general_dilated(
-      jnp.transpose(xpad, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3)), (dilation, dilation),
-      "VALID", rhs_dilation=(stride, stride), dimension_numbers=_DN)
-  return dx, jnp.transpose(dk, (1, 2, 0, 3))
+
+  def input_grad():
+    flipped = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
+    return lax.conv_general_dilated(
+        g, flipped, (1, 1),
+        [(span - pad, h + pad - 1 - stride * (ho - 1)),
+         (span - pad, w + pad - 1 - stride * (wo - 1))],
+        lhs_dilation=(stride, stride), rhs_dilation=(dilation, dilation), dimension_numbers=_DN)
+
+  def kernel_grad():
+    rows, cols = span + stride * (ho - 1) + 1, span + stride * (wo - 1) + 1
+    xpad = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))[:, :rows, :cols]
+    dk = lax.conv_general_dilated(
+        jnp.transpose(xpad, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3)), (dilation, dilation),
+        "VALID", rhs_dilation=(stride, stride), dimension_numbers=_DN)
+    return jnp.transpose(dk, (1, 2, 0, 3))
+
+  dx = lax.cond(need >= INPUT_GRADS, input_grad, lambda: jnp.zeros_like(x))
+  dk = lax.cond(need >= ALL_GRADS, kernel_grad, lambda: jnp.zeros_like(kernel))
+  return dx, dk, None
 
 
 _dense_conv.defvjp(_dense_conv_fwd, _dense_conv_bwd)
 
 
 def conv(x: jax.Array, kernel: jax.Array, stride: int = 1, dilation: int = 1,
-         groups: int = 1, impl: str = "fused") -> jax.Array:
+         groups: int = 1, impl: str = "fused", need=ALL_GRADS) -> jax.Array:
   """2-D convolution with PyTorch's symmetric padding dilation * (k - 1) // 2.
 
   x: [N, H, W, C]; kernel: [k, k, C // groups, D]. Returns [N, H', W', D]. Dense
-  convolutions use the written-out backward pass when impl is "fused".
+  convolutions use the written-out backward pass when impl is "fused", which computes
+  only the gradients that `need` (an int scalar, possibly traced) asks for.
   """
   if groups == 1 and impl == "fused":
-    return _dense_conv(x, kernel, stride, dilation)
+    return _dense_conv(x, kernel, jnp.asarray(need, jnp.int32), stride, dilation)
   return _lax_conv(x, kernel, stride, dilation, groups)
 
 
 def separable(x: jax.Array, dw: jax.Array, pw: jax.Array, stride: int, dilation: int,
-              impl: str) -> jax.Array:
+              impl: str, need=ALL_GRADS) -> jax.Array:
   """Depthwise kxk then pointwise 1x1 convolution of one input, for E edges.
 
   x: [N, H, W, C]; dw: [E, k, k, C]; pw: [E, C, D]. Returns [N, H', W', E, D].
@@ -132,7 +153,7 @@ def separable(x: jax.Array, dw: jax.Array, pw: jax.Array, stride: int, dilation:
   d = pw.shape[-1]
   if impl != "grouped":
     kernel = jnp.einsum("eijc,ecd->ijced", dw, pw).reshape(k, k, c, n_edges * d)
-    y = conv(x, kernel, stride, dilation, impl=impl)
+    y = conv(x, kernel, stride, dilation, impl=impl, need=need)
     return y.reshape(y.shape[:3] + (n_edges, d))
   depthwise = jnp.transpose(dw, (1, 2, 3, 0)).reshape(k, k, 1, c * n_edges)
   y = conv(x, depthwise, stride, dilation, groups=c)
@@ -140,7 +161,8 @@ def separable(x: jax.Array, dw: jax.Array, pw: jax.Array, stride: int, dilation:
   return jnp.einsum("nhwce,ecd->nhwed", y, pw)
 
 
-def separable_per_edge(x: jax.Array, dw: jax.Array, pw: jax.Array, impl: str) -> jax.Array:
+def separable_per_edge(x: jax.Array, dw: jax.Array, pw: jax.Array, impl: str,
+                       need=ALL_GRADS) -> jax.Array:
   """Depthwise kxk (stride 1) then pointwise 1x1, a different input per edge.
 
   x: [N, H, W, E, C]; dw: [E, k, k, C]; pw: [E, C, D]. Returns [N, H, W, E, D].
@@ -148,7 +170,7 @@ def separable_per_edge(x: jax.Array, dw: jax.Array, pw: jax.Array, impl: str) ->
   if impl != "grouped":
     # One dense convolution per edge: a block-diagonal kernel over the edges would cost
     # E times the arithmetic, and grouped convolutions are slow on XLA:CPU.
-    return jnp.stack([separable(x[:, :, :, e], dw[e:e + 1], pw[e:e + 1], 1, 1, impl)[:, :, :, 0]
+    return jnp.stack([separable(x[:, :, :, e], dw[e:e + 1], pw[e:e + 1], 1, 1, impl, need)[:, :, :, 0]
                       for e in range(x.shape[3])], axis=3)
   n, h, w, n_edges, c = x.shape
   k = dw.shape[1]
@@ -272,15 +294,15 @@ class SepConv(nn.Module):
   affine: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array, train) -> jax.Array:
+  def __call__(self, x: jax.Array, train, need=ALL_GRADS) -> jax.Array:
     e, k, c = self.num_edges, self.kernel_size, x.shape[-1]
     dw1 = self.param("dw_1", torch_uniform(k * k), (e, k, k, c))
     pw1 = self.param("pw_1", torch_uniform(c), (e, c, c))
     dw2 = self.param("dw_2", torch_uniform(k * k), (e, k, k, c))
     pw2 = self.param("pw_2", torch_uniform(c), (e, c, c))
-    y = separable(nn.relu(x), dw1, pw1, self.stride, 1, self.impl)
+    y = separable(nn.relu(x), dw1, pw1, self.stride, 1, self.impl, need)
     y = BatchNorm(self.affine, self.bn_momentum, name="bn_1")(y, train)
-    y = separable_per_edge(nn.relu(y), dw2, pw2, self.impl)
+    y = separable_per_edge(nn.relu(y), dw2, pw2, self.impl, need)
     return BatchNorm(self.affine, self.bn_momentum, name="bn_2")(y, train)
 
 
@@ -295,11 +317,11 @@ class DilConv(nn.Module):
   affine: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array, train) -> jax.Array:
+  def __call__(self, x: jax.Array, train, need=ALL_GRADS) -> jax.Array:
     e, k, c = self.num_edges, self.kernel_size, x.shape[-1]
     dw = self.param("dw", torch_uniform(k * k), (e, k, k, c))
     pw = self.param("pw", torch_uniform(c), (e, c, c))
-    y = separable(nn.relu(x), dw, pw, self.stride, 2, self.impl)
+    y = separable(nn.relu(x), dw, pw, self.stride, 2, self.impl, need)
     return BatchNorm(self.affine, self.bn_momentum)(y, train)
 
 
@@ -323,7 +345,7 @@ class EdgeOp(nn.Module):
   pool_bn: bool = True
 
   @nn.compact
-  def __call__(self, x: jax.Array, train) -> jax.Array:
+  def __call__(self, x: jax.Array, train, need=ALL_GRADS) -> jax.Array:
     pool_out = ((lambda y: BatchNorm(momentum=self.bn_momentum)(y, train)) if self.pool_bn
                 else (lambda y: y))
     conv_args = dict(num_edges=self.num_edges, stride=self.stride, impl=self.impl,
@@ -338,9 +360,9 @@ class EdgeOp(nn.Module):
       return FactorizedReduce(x.shape[-1], self.num_edges, self.affine, self.bn_momentum)(
           x, train)
     if self.op.startswith("sep_conv_"):
-      return SepConv(int(self.op[-1]), **conv_args)(x, train)
+      return SepConv(int(self.op[-1]), **conv_args)(x, train, need)
     if self.op.startswith("dil_conv_"):
-      return DilConv(int(self.op[-1]), **conv_args)(x, train)
+      return DilConv(int(self.op[-1]), **conv_args)(x, train, need)
     if self.op == "noise":
       n, h, w, c = x[:, ::self.stride, ::self.stride].shape
       return jax.random.normal(self.make_rng("noise"), (n, h, w, self.num_edges, c), x.dtype)
@@ -355,8 +377,8 @@ class MixedOps(nn.Module):
     edge_ops: the op names of each outgoing edge (E tuples of K names).
     stride: 2 on edges from a reduction cell's inputs, else 1.
 
-  Call: x [N, H, W, C], weights [E, K] (rows of the mixing weights A for these edges)
-  -> [N, H', W', E, C].
+  Call: x [N, H, W, C], weights [E, K] (rows of the mixing weights A for these edges),
+  train (BatchNorm mode), need (see `NO_GRADS`) -> [N, H', W', E, C].
   """
   edge_ops: tuple[tuple[str, ...], ...]
   stride: int
@@ -364,7 +386,7 @@ class MixedOps(nn.Module):
   bn_momentum: float = 0.9
 
   @nn.compact
-  def __call__(self, x: jax.Array, weights: jax.Array, train) -> jax.Array:
+  def __call__(self, x: jax.Array, weights: jax.Array, train, need=ALL_GRADS) -> jax.Array:
     n_edges = len(self.edge_ops)
     total = None
     for op in _ops_in_order(self.edge_ops):
@@ -372,7 +394,8 @@ class MixedOps(nn.Module):
       op_index = [self.edge_ops[i].index(op) for i in slots]
       if op == "none":
         continue
-      out = EdgeOp(op, len(slots), self.stride, self.impl, self.bn_momentum, name=op)(x, train)
+      out = EdgeOp(op, len(slots), self.stride, self.impl, self.bn_momentum, name=op)(
+          x, train, need)
       w = weights[jnp.array(slots), jnp.array(op_index)]
       term = _place(out * w[:, None], slots, n_edges)
       total = term if total is None else total + term

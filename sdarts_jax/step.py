@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from sdarts_jax import perturb
+from sdarts_jax import ops, perturb
 
 TRAIN, VAL = 0, 1  # which batch an evaluation uses
 METHODS = ("darts", "rs", "adv")
@@ -47,21 +47,24 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def make_evaluate(model) -> Callable[..., Evaluation]:
-  """evaluate(params, batch_stats, A, x, y, train_bn, key) -> Evaluation.
+  """evaluate(params, batch_stats, A, x, y, train_bn, key, need) -> Evaluation.
 
-  x [N, H, W, 3] float, y [N] int; train_bn a (traced) bool; key feeds the `noise` op.
+  x [N, H, W, 3] float, y [N] int; train_bn a (traced) bool; key feeds the `noise` op;
+  need (a traced int, `ops.ALL_GRADS` by default) says which gradients the evaluation's
+  caller uses: gradients it does not ask for are not computed (their values are
+  meaningless, see `ops.NO_GRADS`).
   """
-  def loss_fn(params, batch_stats, A, x, y, train_bn, key):
+  def loss_fn(params, batch_stats, A, x, y, train_bn, key, need):
     logits, new = model.apply({"params": params, "batch_stats": batch_stats}, x, A, train_bn,
-                              mutable=["batch_stats"], rngs={"noise": key})
+                              need, mutable=["batch_stats"], rngs={"noise": key})
     accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
     return cross_entropy(logits, y), (accuracy, new["batch_stats"])
 
   grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 2), has_aux=True)
 
-  def evaluate(params, batch_stats, A, x, y, train_bn, key) -> Evaluation:
+  def evaluate(params, batch_stats, A, x, y, train_bn, key, need=ops.ALL_GRADS) -> Evaluation:
     (loss, (accuracy, stats)), (g_params, g_A) = grad_fn(params, batch_stats, A, x, y,
-                                                         train_bn, key)
+                                                         train_bn, key, need)
     return Evaluation(loss, accuracy, g_params, g_A, stats)
 
   return evaluate
@@ -125,6 +128,12 @@ def eps_at(step, cfg, epochs: int, steps_per_epoch: int):
 
 
 # ---------------------------------------------------------------- the step
+
+# The gradients each phase uses: the alpha step and PGD differentiate with respect to the
+# mixing weights only, the clean and attacked losses are values alone.
+NEEDS = {"alpha": ops.INPUT_GRADS, "clean": ops.NO_GRADS, "pgd": ops.INPUT_GRADS,
+         "attacked": ops.NO_GRADS, "weights": ops.ALL_GRADS}
+
 
 def phases(method: str, pgd_steps: int) -> tuple[str, ...]:
   """The evaluations of one step of `method`, in order."""
@@ -211,12 +220,12 @@ def make_step(model, config, steps_per_epoch: int, preprocess):
     branches = [handlers[k] for k in kinds]
 
     def body(c, i):
-      phase_id, index = i
+      phase_id, index, need = i
       s = c["state"]
       x = jnp.where(c["batch"] == TRAIN, xs[TRAIN], xs[VAL])
       y = jnp.where(c["batch"] == TRAIN, ys[TRAIN], ys[VAL])
       ev = evaluate(s["params"], s["batch_stats"], c["A_eval"], x, y, c["train_bn"],
-                    jax.random.fold_in(k_eval, index))
+                    jax.random.fold_in(k_eval, index), need)
       return lax.switch(phase_id, branches, c, ev), None
 
     zero = jnp.zeros((), jnp.float32)
@@ -225,7 +234,8 @@ def make_step(model, config, steps_per_epoch: int, preprocess):
              "train_loss": zero, "train_accuracy": zero, "clean_loss": zero,
              "attacked_loss": zero, "attack_kept": zero}
     ids = jnp.array([kinds.index(p) for p in plan], jnp.int32)
-    carry, _ = lax.scan(body, carry, (ids, jnp.arange(len(plan))))
+    needs = jnp.array([NEEDS[p] for p in plan], jnp.int32)
+    carry, _ = lax.scan(body, carry, (ids, jnp.arange(len(plan)), needs))
     new_state = dict(carry["state"], step=state["step"] + 1)
     metrics = {k: carry[k] for k in ("train_loss", "train_accuracy", "val_loss",
                                      "val_accuracy")}

@@ -6,7 +6,9 @@ never a module parameter: alpha lives in the search state and A = softmax(alpha)
 perturbed version of it) is passed in on every call.
 
 `train` (a Python or traced boolean) selects BatchNorm's mode; in train mode, call apply
-with `mutable=["batch_stats"]` to receive the updated running statistics. Spaces with the
+with `mutable=["batch_stats"]` to receive the updated running statistics. `need` (an int,
+possibly traced; `ops.NO_GRADS`, `ops.INPUT_GRADS` or `ops.ALL_GRADS`, the default) says
+which gradients a backward pass through the convolutions must compute. Spaces with the
 `noise` op need `rngs={"noise": key}`.
 """
 from __future__ import annotations
@@ -32,7 +34,7 @@ class Cell(nn.Module):
   bn_momentum: float = 0.9
 
   @nn.compact
-  def __call__(self, s0, s1, weights, train):
+  def __call__(self, s0, s1, weights, train, need=ops.ALL_GRADS):
     c = self.channels
     if self.reduction_prev:
       s0 = ops.FactorizedReduce(c, bn_momentum=self.bn_momentum, name="pre_0")(s0, train)[
@@ -48,7 +50,7 @@ class Cell(nn.Module):
       stride = 2 if self.reduction and src < 2 else 1
       out = ops.MixedOps(tuple(self.edge_ops[i] for i in edges), stride, self.impl,
                          self.bn_momentum, name=f"from_{src}")(
-                             states[src], weights[jnp.array(edges)], train)
+                             states[src], weights[jnp.array(edges)], train, need)
       for slot, edge in enumerate(edges):
         node = endpoints[edge][1]
         term = out[:, :, :, slot]
@@ -82,12 +84,12 @@ class Supernet(nn.Module):
     return (self.layers // 3, 2 * self.layers // 3)
 
   @nn.compact
-  def __call__(self, x, A, train):
+  def __call__(self, x, A, train, need=ops.ALL_GRADS):
     c = self.stem_multiplier * self.channels
     stem_kernel = self.param("stem_kernel", ops.torch_uniform(9 * x.shape[-1]),
                              (3, 3, x.shape[-1], c))
     s = ops.BatchNorm(affine=True, momentum=self.bn_momentum, name="stem_bn")(
-        ops.conv(x, stem_kernel, impl=self.impl), train)
+        ops.conv(x, stem_kernel, impl=self.impl, need=need), train)
     s0 = s1 = s
     c = self.channels
     reduction_prev = False
@@ -98,7 +100,7 @@ class Supernet(nn.Module):
       cell_type = "reduce" if reduction else "normal"
       cell = Cell(self.space.ops(cell_type), c, reduction, reduction_prev, self.impl,
                   self.bn_momentum, name=f"cell_{i}")
-      s0, s1 = s1, cell(s0, s1, A[cell_type], train)
+      s0, s1 = s1, cell(s0, s1, A[cell_type], train, need)
       reduction_prev = reduction
     features = jnp.mean(s1, axis=(1, 2))
     fan_in = features.shape[-1]
