@@ -5,8 +5,17 @@ PY := $(VENV)/bin/python
 DEMO_DATA ?=
 DEMO_FALLBACK ?= ../shared/data/cifar10-jpeg
 DEMO_WORKDIR ?= runs/demo
+# The side-by-side benchmark: REF is the root of the official SDARTS checkout; the official
+# code runs in its own venv with PyTorch (pinned: here 2.13.0 is a local CPU wheel, while an
+# unpinned torch would fetch a CUDA build of several GB; REF_PIP_ARGS can name a CPU index).
+REF ?=
+BENCH_ARGS ?=
+REF_VENV ?= .venv-ref
+TORCH ?= 2.13.0
+REF_PIP_ARGS ?=
+PAPER_SIZE := --layers=8 --channels=16 --batch=64
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench ref-given bench-reference bench-paper clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,5 +34,19 @@ test: install
 bench: install
 	$(PY) benchmarks/search_step.py
 
+$(REF_VENV)/.installed-torch-$(TORCH):
+	$(PYTHON) -m venv $(REF_VENV)
+	$(REF_VENV)/bin/python -m pip install -q $(REF_PIP_ARGS) torch==$(TORCH) numpy
+	touch $@
+
+ref-given:
+	@test -n '$(REF)' || { echo 'error: REF is not set: make bench-reference REF=path/to/SDARTS (the root of the official checkout)' >&2; exit 2; }
+
+bench-reference: ref-given install $(REF_VENV)/.installed-torch-$(TORCH)
+	$(PY) benchmarks/search_step.py --reference='$(REF)' --reference-python=$(REF_VENV)/bin/python $(BENCH_ARGS)
+
+bench-paper:
+	$(MAKE) bench-reference BENCH_ARGS='$(PAPER_SIZE) $(BENCH_ARGS)'
+
 clean:
-	rm -rf $(VENV) runs *.egg-info
+	rm -rf $(VENV) $(REF_VENV) runs *.egg-info
