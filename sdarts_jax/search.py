@@ -151,23 +151,44 @@ def train_and_evaluate(config, workdir: str) -> dict:
   record = {}
   sums: dict[str, float] = {}
   t_epoch = time.time()
+  # Metrics stay on the devices until a log step, an epoch end or a preemption fetches them
+  # (with their finite check), and the next batch is placed while the current step runs:
+  # the host never waits for a step it does not need the results of.
+  pending: list[tuple[int, dict]] = []
+  t_fetch = time.time()
+
+  def fetch() -> dict[str, float]:
+    """Fetch, check, log and sum the pending steps' metrics; returns the last step's."""
+    nonlocal pending, t_fetch
+    fetched = jax.device_get([m for _, m in pending])
+    seconds = (time.time() - t_fetch) / len(pending)
+    for (done, _), m in zip(pending, fetched):
+      m = {k: float(v) for k, v in m.items()}
+      run.check_finite(m, done, ckpt, workdir)
+      for k, v in m.items():
+        sums[k] = sums.get(k, 0.0) + v
+      progress.update(done, seconds, f"epoch {(done - 1) // spe + 1}/{config.epochs} loss "
+                                     f"{m['train_loss']:.3f} acc {m['train_accuracy']:.3f} "
+                                     f"eps {m['eps']:.3f}")
+      if done % config.log_every_steps == 0:
+        writer.write("train", done, m)
+    pending, t_fetch = [], time.time()
+    return m
+
+  next_batch = lambda s: data.to_global(batches.batch(*divmod(s, spe)), sharded)
+  batch = next_batch(start) if start < total_steps else None
   for global_step in range(start, total_steps):
     epoch, index = divmod(global_step, spe)
     if index == 0:
       sums, t_epoch = {}, time.time()
-    t_step = time.time()
-    batch = data.to_global(batches.batch(epoch, index), sharded)
     state, m = train_step(state, batch)
-    m = {k: float(v) for k, v in jax.device_get(m).items()}
-    t_step = time.time() - t_step
-    run.check_finite(m, global_step + 1, ckpt, workdir)
-    for k, v in m.items():
-      sums[k] = sums.get(k, 0.0) + v
     done = global_step + 1
-    progress.update(done, t_step, f"epoch {epoch + 1}/{config.epochs} loss {m['train_loss']:.3f} "
-                          f"acc {m['train_accuracy']:.3f} eps {m['eps']:.3f}")
-    if done % config.log_every_steps == 0:
-      writer.write("train", done, m)
+    pending.append((done, m))
+    if done < total_steps:
+      batch = next_batch(done)  # while the step runs
+    stopping = preempted() and done < total_steps
+    if done % config.log_every_steps == 0 or index == spe - 1 or stopping:
+      fetch()
     meta = {"step": done, "epoch": epoch + (index == spe - 1), "lambda_max": tracker.history}
     if index == spe - 1:
       record = _end_of_epoch(config, model, state, epoch, sums, spe, eval_source, infer,
@@ -185,7 +206,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         break
       if (epoch + 1) % config.checkpoint_every_epochs == 0 or done == total_steps:
         ckpt.save(done, state, dict(meta, lambda_max=tracker.history))
-    if preempted() and done < total_steps:
+    if stopping:
       run.preempt(ckpt, done, state, meta)
   ckpt.wait()
   ckpt.close()
