@@ -25,6 +25,21 @@ def test_conv_gradients_equal_lax(stride, dilation, k, size):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("need", [ops.NO_GRADS, ops.INPUT_GRADS, ops.ALL_GRADS])
+def test_conv_computes_the_gradients_asked_for(need):
+  """With `need` traced, the backward pass returns JAX's own gradients for what it asks
+  for and zeros for the rest (the step relies on the ones asked for being exact)."""
+  x = jax.random.normal(KEY, (2, 8, 8, 3))
+  w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 5))
+  g = jax.random.normal(jax.random.PRNGKey(2), (2, 4, 4, 5))
+  want = jax.vjp(lambda x, w: ops._lax_conv(x, w, 2, 1), x, w)[1](g)
+  vjp = jax.jit(lambda x, w, g, need: jax.vjp(
+      lambda x, w: ops.conv(x, w, 2, 1, need=need), x, w)[1](g))
+  dx, dw = vjp(x, w, g, jnp.int32(need))
+  np.testing.assert_allclose(dx, want[0] if need >= ops.INPUT_GRADS else 0, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dw, want[1] if need >= ops.ALL_GRADS else 0, rtol=1e-5, atol=1e-5)
+
+
 def test_conv_matches_pytorch_padding():
   """Cross-correlation with padding 1: an impulse comes out as the flipped kernel, same size."""
   x = jnp.zeros((1, 5, 5, 1)).at[0, 2, 2, 0].set(1.0)
