@@ -206,6 +206,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         break
       if (epoch + 1) % config.checkpoint_every_epochs == 0 or done == total_steps:
         ckpt.save(done, state, dict(meta, lambda_max=tracker.history))
+      t_fetch = time.time()  # the progress rate counts step time alone
     if stopping:
       run.preempt(ckpt, done, state, meta)
   ckpt.wait()
