@@ -88,23 +88,25 @@ def _dense_conv_fwd(x, kernel, need, stride, dilation):
 
 
 def _dense_conv_bwd(stride, dilation, residuals, g):
-  """The gradients that `need` asks for, as plain NHWC/HWIO convolutions (zeros for the
-  others: `lax.cond` runs only the branch taken).
+  """The gradients that `need` asks for (zeros for the others: `lax.cond` runs only the
+  branch taken), in forms that XLA:CPU runs fast inside the step's loop.
 
   JAX's transpose rules give XLA convolutions with swapped kernel or batch dimensions,
   which XLA:CPU rewrites into fast library calls outside loops but not inside a while
   loop, where they ran 3-30x slower (measured); the step evaluates the supernet inside a
-  `lax.scan`, so the canonical forms are written out here:
+  `lax.scan`, so the gradients are written out:
     dx = g, dilated by the stride, convolved with the flipped kernel [k, k, O, C];
-    dK[i, j, c, o] = sum_{n,h,w} xpad[n, s h + d i, s w + d j, c] g[n, h, w, o], a
-      convolution with batch C, features N and g as a [Ho, Wo, N, O] kernel.
+    dK[i, j] = x_ij^T g, one matrix multiply per kernel tap (i, j), where x_ij [N*Ho*Wo, C]
+      is the padded input shifted by (d i, d j) and subsampled by the stride, and g is
+      [N*Ho*Wo, O]. (As one convolution with batch C, features N and g as a [Ho, Wo, N, O]
+      kernel, this was up to 7x slower on XLA:CPU: benchmarks/ops_depthwise.py.)
   """
   x, kernel, need = residuals
   k = kernel.shape[0]
   pad = dilation * (k - 1) // 2
   span = dilation * (k - 1)
-  ho, wo = g.shape[1:3]
-  h, w = x.shape[1:3]
+  n, ho, wo, out = g.shape
+  h, w, c = x.shape[1:]
 
   def input_grad():
     flipped = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
@@ -115,12 +117,14 @@ def _dense_conv_bwd(stride, dilation, residuals, g):
         lhs_dilation=(stride, stride), rhs_dilation=(dilation, dilation), dimension_numbers=_DN)
 
   def kernel_grad():
-    rows, cols = span + stride * (ho - 1) + 1, span + stride * (wo - 1) + 1
-    xpad = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))[:, :rows, :cols]
-    dk = lax.conv_general_dilated(
-        jnp.transpose(xpad, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3)), (dilation, dilation),
-        "VALID", rhs_dilation=(stride, stride), dimension_numbers=_DN)
-    return jnp.transpose(dk, (1, 2, 0, 3))
+    xpad = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    g_rows = g.reshape(-1, out)
+    taps = [lax.slice(xpad, (0, dilation * i, dilation * j, 0),
+                      (n, dilation * i + stride * (ho - 1) + 1,
+                       dilation * j + stride * (wo - 1) + 1, c),
+                      (1, stride, stride, 1)).reshape(-1, c).T @ g_rows
+            for i in range(k) for j in range(k)]
+    return jnp.stack(taps).reshape(k, k, c, out)
 
   dx = lax.cond(need >= INPUT_GRADS, input_grad, lambda: jnp.zeros_like(x))
   dk = lax.cond(need >= ALL_GRADS, kernel_grad, lambda: jnp.zeros_like(kernel))
