@@ -1,5 +1,6 @@
-"""Depthwise-separable convolution on XLA:CPU: grouped vs the fused dense kernel, and the
-convolution backward pass inside a loop (JAX's rules vs `ops.conv`'s written-out ones).
+"""Depthwise-separable convolution on XLA:CPU: grouped vs the fused dense kernel, the
+convolution backward pass inside a loop (JAX's rules vs `ops.conv`'s written-out ones), and
+the kernel gradient as one convolution (batch C, features N) vs one matrix multiply per tap.
 
   python benchmarks/ops_depthwise.py [--batch=64 --size=32 --channels=16 --edges=4]
 
@@ -57,6 +58,35 @@ def main() -> None:
         (jnp.zeros_like(x), jnp.zeros_like(w)))
     print(f"dense 3x3 conv backward, {name}: once {timed(once, x, w):7.1f} ms, "
           f"4 iterations of a fori_loop {timed(loop, x, w):7.1f} ms", flush=True)
+
+  g = jax.random.normal(key, x.shape[:3] + (a.edges * a.channels,))
+  for k, dilation in ((3, 1), (5, 1), (3, 2), (5, 2)):
+    w = jax.random.normal(key, (k, k, a.channels, a.edges * a.channels))
+    row = []
+    for name, need in (("taps (ops.conv)", ops.ALL_GRADS), ("dx only", ops.INPUT_GRADS)):
+      vjp = lambda x, w, g, need=need: jax.vjp(
+          lambda x, w: ops.conv(x, w, dilation=dilation, need=need), x, w)[1](g)
+      loop = lambda x, w, g, vjp=vjp: lax.fori_loop(  # both results used: nothing is pruned
+          0, 3, lambda i, c: jax.tree.map(jnp.add, c, vjp(x + c[0], w, g)),
+          (jnp.zeros_like(x), jnp.zeros_like(w)))
+      row.append(f"{name} {timed(loop, x, w, g) / 3:7.1f}")
+    conv_dk = lambda x, w, g: lax.fori_loop(
+        0, 3, lambda i, c: c + _kernel_grad_as_conv(x + c[0, 0, 0, 0], g, k, dilation),
+        jnp.zeros_like(w))
+    row.append(f"dK as one convolution {timed(conv_dk, x, w, g) / 3:7.1f}")
+    print(f"backward of a {k}x{k} dilation {dilation} conv to {a.edges}x{a.channels} channels, "
+          "ms per iteration in a loop: " + " | ".join(row), flush=True)
+
+
+def _kernel_grad_as_conv(x, g, k, dilation):
+  """The kernel gradient as one convolution with batch C, features N and g as a
+  [H, W, N, O] kernel (stride 1): the form `ops.conv` replaced with per-tap multiplies."""
+  pad = dilation * (k - 1) // 2
+  xpad = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  dk = lax.conv_general_dilated(jnp.transpose(xpad, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3)),
+                                (dilation, dilation), "VALID",
+                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return jnp.transpose(dk, (1, 2, 0, 3))
 
 
 if __name__ == "__main__":
