@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from sdarts_jax import spaces
+from sdarts_jax import metrics, spaces
 
 Genotype = dict[str, Any]  # {"normal": [[op, input], ...], "normal_concat": [...], "reduce"...}
 EDGES_PER_NODE = 2
@@ -54,14 +54,12 @@ def derive(A: Mapping[str, np.ndarray], space: spaces.SearchSpace) -> Genotype:
 
 
 def save(genotype: Genotype, path: str) -> None:
-  with open(path, "w") as f:
-    json.dump(genotype, f, indent=1)
-    f.write("\n")
+  metrics.write_json(path, genotype)
 
 
 def load(path: str) -> Genotype:
-  with open(path) as f:
-    return validate(json.load(f), path)
+  """ValueError naming `path` when it is not JSON or not a genotype."""
+  return validate(metrics.read_json(path), path)
 
 
 def published() -> dict[str, Genotype]:

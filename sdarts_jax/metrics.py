@@ -1,4 +1,9 @@
-"""Run outputs: JSON lines, TensorBoard and a progress line; only process 0 writes."""
+"""Run outputs: JSON files and lines, TensorBoard and a progress line; only process 0 writes.
+
+Readers name the file they could not parse; a half-written last line of metrics.jsonl (a
+process killed mid-write) is skipped with a warning, and cut off before a resumed run
+appends to the file.
+"""
 from __future__ import annotations
 
 import json
@@ -11,6 +16,69 @@ import numpy as np
 
 def is_writer() -> bool:
   return jax.process_index() == 0
+
+
+def warn(text: str) -> None:
+  """A `warning:` line on stderr (process 0 only)."""
+  if is_writer():
+    print(f"warning: {text}", file=sys.stderr, flush=True)
+
+
+def read_json(path: str):
+  """The JSON value in `path`; ValueError naming the file and the place when it is not JSON."""
+  with open(path) as f:
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}: not valid JSON (line {e.lineno} col {e.colno}: "
+                       f"{e.msg})") from None
+
+
+def write_json(path: str, value, **dump_options) -> None:
+  """Write `value` to `path` indented, through a temporary file, so that a process killed
+  meanwhile leaves the old file or the new one, never half of one."""
+  with open(path + ".tmp", "w") as f:
+    json.dump(value, f, indent=1, **dump_options)
+    f.write("\n")
+  os.replace(path + ".tmp", path)
+
+
+def read_records(workdir: str, kind: str | None = None) -> list[dict]:
+  """The records of workdir/metrics.jsonl (those of one `kind`, "epoch", "hessian", ...,
+  when given), in order. ValueError naming the file and line for an unreadable line, except
+  a half-written last one, which is skipped with a warning."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    raise ValueError(f"{workdir} has no metrics.jsonl: is it a run's workdir?")
+  with open(path) as f:
+    lines = f.read().split("\n")
+  records = []
+  for number, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      if number == len(lines):  # no newline after it: the writer was killed mid-line
+        warn(f"{path}: skipped the half-written last line {number} ({len(line)} characters)")
+        continue
+      raise ValueError(f"{path}: line {number} is not valid JSON (col {e.colno}: "
+                       f"{e.msg})") from None
+  return [r for r in records if kind is None or r["kind"] == kind]
+
+
+def _drop_partial_line(path: str) -> None:
+  """Cut a half-written last line off `path` (a process killed mid-write), with a warning,
+  so that appended records start on a line of their own."""
+  if not os.path.exists(path):
+    return
+  with open(path, "rb+") as f:
+    data = f.read()
+    keep = data.rfind(b"\n") + 1
+    if keep < len(data):
+      f.truncate(keep)
+      warn(f"{path}: removed a half-written last line ({len(data) - keep} bytes) left by an "
+           f"interrupted run")
 
 
 def _plain(value):
@@ -31,7 +99,9 @@ class MetricWriter:
     if not self.enabled:
       return
     from tensorboardX import SummaryWriter  # heavy import, writer process only
-    self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    path = os.path.join(workdir, "metrics.jsonl")
+    _drop_partial_line(path)
+    self.jsonl = open(path, "a")
     self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, kind: str, step: int, values: dict) -> None:

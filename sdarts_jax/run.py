@@ -13,7 +13,7 @@ from typing import Callable
 import jax
 from absl import logging as absl_logging
 
-from sdarts_jax import metrics
+from sdarts_jax import checkpoint, metrics
 
 # Config fields (dotted paths) that may change when a run resumes; any other difference
 # is an error.
@@ -62,8 +62,7 @@ def check_resume(config, workdir: str) -> None:
   path = os.path.join(workdir, "config.json")
   current = json.loads(config.to_json())
   if os.path.exists(path):
-    with open(path) as f:
-      saved, now = _flatten(json.load(f)), _flatten(current)
+    saved, now = _flatten(metrics.read_json(path)), _flatten(current)
     differ = sorted(k for k in set(saved) | set(now)
                     if k not in RESUMABLE_FIELDS and saved.get(k) != now.get(k))
     if differ:
@@ -71,8 +70,7 @@ def check_resume(config, workdir: str) -> None:
                        f"(fields {', '.join(differ)}); resume it with the same config or use "
                        f"a new --workdir")
   if metrics.is_writer():
-    with open(path, "w") as f:
-      json.dump(current, f, indent=1, sort_keys=True)
+    metrics.write_json(path, current, sort_keys=True)
 
 
 def start(config, workdir: str) -> None:
@@ -83,21 +81,35 @@ def start(config, workdir: str) -> None:
 
 
 def restore_or_init(ckpt, init: Callable, sharding, workdir: str) -> tuple[dict, dict]:
-  """(state, checkpoint record) from the latest checkpoint, else (init(), {}).
+  """(state, checkpoint record) from the newest checkpoint that restores intact, else
+  (init(), {}) when there is none.
 
   init: a jitted function returning the initial state (its shapes are the restore target).
+  A checkpoint that cannot be read or fails its checksum is reported, and the one before it
+  tried; once one restores, the bad ones are moved to checkpoints_damaged/. RunError when
+  none restores (nothing is moved then).
   """
-  latest = ckpt.latest_step()
-  if latest is None:
+  steps = ckpt.all_steps()
+  if not steps:
     return init(), {}
   abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
                           jax.eval_shape(init))
-  try:
-    state, meta = ckpt.restore(latest, abstract)
-  except (ValueError, KeyError) as e:
-    raise RunError(f"cannot restore the checkpoint at step {latest} in {workdir}: {e}") from None
-  log(f"resumed from step {latest}")
-  return state, meta
+  bad = []
+  for step in reversed(steps):
+    try:
+      state, meta = ckpt.restore(step, abstract)
+    except checkpoint.CheckpointError as e:
+      metrics.warn(f"{e}" + ("; trying the checkpoint before it" if step != steps[0] else ""))
+      bad.append(step)
+      continue
+    for b in bad:
+      metrics.warn(f"moved the damaged checkpoint of step {b} to {ckpt.set_aside(b)}")
+    log(f"resumed from step {step}")
+    return state, meta
+  raise RunError(f"none of the checkpoints in {ckpt.directory} (steps "
+                 f"{', '.join(map(str, steps))}) can be restored (see the warnings above), so "
+                 f"the run cannot resume. To start it afresh, remove {workdir} (or move it "
+                 f"away) and rerun, or use a new --workdir")
 
 
 def preempt(ckpt, step: int, state, meta: dict) -> None:
@@ -108,10 +120,13 @@ def preempt(ckpt, step: int, state, meta: dict) -> None:
 
 
 def check_finite(values: dict[str, float], step: int, ckpt, workdir: str) -> None:
-  """RunError if a metric is NaN or infinite; the last good checkpoint stays on disk."""
+  """RunError if a metric is NaN or infinite; the last good checkpoint, if any, stays on
+  disk."""
   if not all(math.isfinite(v) for v in values.values()):
-    raise RunError(f"non-finite metrics at step {step}: {values}. The run stops; the last good "
-                   f"checkpoint (step {ckpt.latest_step()}) is kept in {workdir}/checkpoints.")
+    latest = ckpt.latest_step()
+    kept = (f"the last good checkpoint (step {latest}) is kept in {workdir}/checkpoints"
+            if latest is not None else "no checkpoint has been saved yet")
+    raise RunError(f"non-finite metrics at step {step}: {values}. The run stops; {kept}.")
 
 
 def enable_compilation_cache(directory: str) -> None:

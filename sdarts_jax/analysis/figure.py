@@ -33,7 +33,7 @@ def config_for(method: str):
 
 def main(argv):
   del argv
-  from sdarts_jax import run, search
+  from sdarts_jax import metrics, run, search
   from sdarts_jax.analysis import plots
   run.quiet_libraries()
   f = flags.FLAGS
@@ -44,7 +44,8 @@ def main(argv):
       search.train_and_evaluate(config_for(method), workdir)
     except run.Preempted as e:
       sys.exit(f"{e} (python -m sdarts_jax.analysis.figure with the same flags)")
-    points = [(r["epoch"], r["hessian_lambda_max"]) for r in plots.read_records(workdir, "hessian")]
+    points = [(r["epoch"], r["hessian_lambda_max"])
+              for r in metrics.read_records(workdir, "hessian")]
     series[plots.run_label(workdir)] = points
     print(json.dumps({"method": method, "lambda_max": points}))
   os.makedirs(os.path.dirname(os.path.abspath(f.out)), exist_ok=True)

@@ -39,7 +39,7 @@ def measure_run(run, options, f) -> list[dict]:
 
 def main(argv):
   del argv
-  from sdarts_jax import hessian, run as run_lib, spaces
+  from sdarts_jax import hessian, metrics, run as run_lib, spaces
   from sdarts_jax.analysis import plots, runs
   run_lib.quiet_libraries()
   f = flags.FLAGS
@@ -51,7 +51,7 @@ def main(argv):
     if f.tracked:
       for w in f.workdirs:
         series[plots.run_label(w)] = [(r["epoch"], r["hessian_lambda_max"])
-                                      for r in plots.read_records(w, "hessian")]
+                                      for r in metrics.read_records(w, "hessian")]
     else:
       options = hessian.HessianLoss(f.wrt, f.train_bn, f.weight_decay)
       with open(os.path.join(f.out, "hessian.jsonl"), "w") as out:

@@ -1,7 +1,6 @@
 """Figures from run directories: lambda_max against epoch, and A as heat maps."""
 from __future__ import annotations
 
-import json
 import os
 
 import matplotlib
@@ -10,21 +9,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sdarts_jax import spaces  # noqa: E402
-
-
-def read_records(workdir: str, kind: str) -> list[dict]:
-  """The metrics.jsonl records of one kind ("epoch", "hessian", ...), in order."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    raise ValueError(f"{workdir} has no metrics.jsonl: is it a search workdir?")
-  with open(path) as f:
-    return [r for r in map(json.loads, f) if r["kind"] == kind]
+from sdarts_jax import metrics, spaces  # noqa: E402
 
 
 def run_label(workdir: str) -> str:
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = json.load(f)
+  config = metrics.read_json(os.path.join(workdir, "config.json"))
   names = {"darts": "DARTS", "rs": "SDARTS-RS", "adv": "SDARTS-ADV"}
   return f"{names.get(config['method'], config['method'])} ({config['space']})"
 

@@ -3,13 +3,12 @@ checkpointed states."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import jax
 import ml_collections
 
-from sdarts_jax import checkpoint, data, search
+from sdarts_jax import checkpoint, data, metrics, search
 
 
 @dataclasses.dataclass
@@ -46,8 +45,7 @@ def open_run(workdir: str) -> Run:
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise ValueError(f"{workdir} has no config.json: not a search workdir")
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(metrics.read_json(path))
   _, batches, alpha_source = search.search_data(config)
   model = search.build_model(config, alpha_source.num_classes)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), 0)
