@@ -119,12 +119,14 @@ def _dense_conv_bwd(stride, dilation, residuals, g):
   def kernel_grad():
     xpad = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     g_rows = g.reshape(-1, out)
-    taps = [lax.slice(xpad, (0, dilation * i, dilation * j, 0),
-                      (n, dilation * i + stride * (ho - 1) + 1,
-                       dilation * j + stride * (wo - 1) + 1, c),
-                      (1, stride, stride, 1)).reshape(-1, c).T @ g_rows
-            for i in range(k) for j in range(k)]
-    return jnp.stack(taps).reshape(k, k, c, out)
+    window = (n, stride * (ho - 1) + 1, stride * (wo - 1) + 1, c)
+
+    def tap(t):  # a loop over the taps, so that the graph holds one multiply, not k * k
+      i, j = t // k, t % k
+      x_ij = lax.dynamic_slice(xpad, (0, dilation * i, dilation * j, 0), window)
+      return x_ij[:, ::stride, ::stride].reshape(-1, c).T @ g_rows
+
+    return lax.map(tap, jnp.arange(k * k)).reshape(k, k, c, out)
 
   dx = lax.cond(need >= INPUT_GRADS, input_grad, lambda: jnp.zeros_like(x))
   dk = lax.cond(need >= ALL_GRADS, kernel_grad, lambda: jnp.zeros_like(kernel))
