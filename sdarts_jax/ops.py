@@ -99,7 +99,7 @@ def _dense_conv_bwd(stride, dilation, residuals, g):
     dK[i, j] = x_ij^T g, one matrix multiply per kernel tap (i, j), where x_ij [N*Ho*Wo, C]
       is the padded input shifted by (d i, d j) and subsampled by the stride, and g is
       [N*Ho*Wo, O]. (As one convolution with batch C, features N and g as a [Ho, Wo, N, O]
-      kernel, this was up to 7x slower on XLA:CPU: benchmarks/ops_depthwise.py.)
+      kernel, this was 4-8x slower on XLA:CPU at C=16: benchmarks/ops_depthwise.py.)
   """
   x, kernel, need = residuals
   k = kernel.shape[0]
