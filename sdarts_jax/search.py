@@ -157,8 +157,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   pending: list[tuple[int, dict]] = []
   t_fetch = time.time()
 
-  def fetch() -> dict[str, float]:
-    """Fetch, check, log and sum the pending steps' metrics; returns the last step's."""
+  def fetch() -> None:
+    """Fetch, check, log and sum the pending steps' metrics."""
     nonlocal pending, t_fetch
     fetched = jax.device_get([m for _, m in pending])
     seconds = (time.time() - t_fetch) / len(pending)
@@ -173,7 +173,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if done % config.log_every_steps == 0:
         writer.write("train", done, m)
     pending, t_fetch = [], time.time()
-    return m
 
   next_batch = lambda s: data.to_global(batches.batch(*divmod(s, spe)), sharded)
   batch = next_batch(start) if start < total_steps else None
