@@ -14,7 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import check_exact_resume, final_state, override
-from sdarts_jax import data, genotype, parallel
+from sdarts_jax import data, genotype, ops, parallel
 from sdarts_jax.evaluation import defaults, input_pipeline, network, report, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def tiny_model(stem="cifar", size=32):
 def forward(stem="cifar", size=32):
   model, _ = tiny_model(stem, size)
   return jax.jit(lambda v, x, train, drop, key: model.apply(
-      v, x, train, drop, mutable=["batch_stats"], rngs={"drop_path": key}),
+      v, x, train, drop, mutable=["batch_stats"], rngs=network.rngs(key)),
       static_argnums=2)
 
 
@@ -101,6 +101,21 @@ def test_drop_path_statistics():
   np.testing.assert_allclose(per_example[~dropped, 0], 1 / 0.7, rtol=1e-6)
   assert abs(y.mean() - 1.0) < 0.03  # unbiased
   np.testing.assert_array_equal(network.drop_path(jax.random.PRNGKey(0), x, 0.0), x)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_noise_op_is_standard_normal_and_ignores_its_input(stride):
+  """The reference's NoiseOp(stride, 0, 1): fresh N(0, 1) noise of the (strided) input's
+  shape, in training and inference alike."""
+  op = ops.EdgeOp("noise", 2, stride, "fused", affine=True, pool_bn=False)
+  x = jax.random.normal(jax.random.PRNGKey(0), (64, 16, 16, 8))
+  run_op = lambda x, train, key: op.apply({}, x, train, rngs={"noise": key})
+  y = np.asarray(run_op(x, True, jax.random.PRNGKey(1)))
+  assert y.shape == (64, 16 // stride, 16 // stride, 2, 8)
+  assert abs(y.mean()) < 4 / np.sqrt(y.size) and abs(y.std() - 1) < 0.01
+  assert abs(np.corrcoef(y[..., 0, :].ravel(), y[..., 1, :].ravel())[0, 1]) < 0.02
+  np.testing.assert_array_equal(run_op(5 * x + 1, False, jax.random.PRNGKey(1)), y)
+  assert not np.allclose(run_op(x, True, jax.random.PRNGKey(2)), y)
 
 
 @functools.lru_cache(maxsize=None)
@@ -174,18 +189,18 @@ def test_report_cli(tmp_path):
 
 def test_learning_rate_schedules_follow_the_references():
   spe = 3
-  cfg = defaults.imagenet_config().optim  # PC-DARTS: linear, 5 warm-up epochs
+  cfg = defaults.imagenet_config().optim  # linear, 5 warm-up epochs
   lr = train.learning_rate(cfg, 250, spe)
 
-  def pc_darts(epoch, epochs=250, base=0.5):  # train_imagenet.py's adjust_lr + warm-up
-    if epochs - epoch > 5:
+  def official(epoch, epochs=250, base=0.5):  # sota/cnn/train_imagenet.py, batch 1024
+    if epochs - epoch > 5:  # adjust_lr
       value = base * (epochs - 5 - epoch) / (epochs - 5)
     else:
       value = base * (epochs - epoch) / ((epochs - 5) * 5)
-    return value * (epoch + 1) / 5.0 if epoch < 5 else value
+    return base * (epoch + 1) / 5.0 if epoch < 5 else value  # the warm-up overwrites it
 
   for epoch in (0, 1, 4, 5, 100, 244, 245, 249):
-    np.testing.assert_allclose(lr(epoch * spe + 1), pc_darts(epoch), rtol=1e-6)
+    np.testing.assert_allclose(lr(epoch * spe + 1), official(epoch), rtol=1e-6)
   cfg = defaults.cifar_config().optim  # cosine to 0; the scheduler steps before epoch e
   lr = train.learning_rate(cfg, 600, spe)
   for epoch in (0, 299, 599):
@@ -244,7 +259,8 @@ def test_real_training_steps_lower_the_loss():
 
 
 def test_training_writes_outputs_and_resumes_exactly(tmp_path, monkeypatch):
-  config = tiny_config()
+  # c10_s4_pcdarts has a `noise` edge: its draws are functions of (seed, step) too.
+  config = tiny_config(arch="c10_s4_pcdarts")
   full = str(tmp_path / "full")
   record = train.train_and_evaluate(config, full)
   assert record["epoch"] == 2 and 0 <= record["test_accuracy"] <= 1
@@ -259,7 +275,7 @@ def test_training_writes_outputs_and_resumes_exactly(tmp_path, monkeypatch):
   resumed = str(tmp_path / "resumed")
   check_exact_resume(train.train_and_evaluate, config, full, resumed, monkeypatch, steps=8)
   with pytest.raises(ValueError, match="different configuration"):
-    train.train_and_evaluate(tiny_config(seed=3), resumed)
+    train.train_and_evaluate(tiny_config(arch="c10_s4_pcdarts", seed=3), resumed)
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -4,7 +4,9 @@
 `Network.apply(variables, x, train, drop_prob)` maps images x [N, H, W, 3] to
 (logits [N, classes], auxiliary logits [N, classes] or None). The auxiliary head runs only
 in training (`train=True`) and only when `auxiliary` is set; in training, pass
-`rngs={"drop_path": key}` and `mutable=["batch_stats"]`. BatchNorm is affine everywhere.
+`rngs=network.rngs(key)` and `mutable=["batch_stats"]`. Genotypes with the `noise` op draw
+Gaussian noise in training and inference alike, as the reference's NoiseOp, so inference
+needs `rngs=network.rngs(key)` as well. BatchNorm is affine everywhere.
 
 Cells are unrolled: running the identical cells of a stage with `nn.scan` compiled no
 faster at 20 cells on XLA:CPU and stepped 7% slower (README, "Evaluation").
@@ -228,12 +230,18 @@ def build(genotype, num_classes: int, channels: int, layers: int, stem: str,
                  auxiliary, impl=impl, bn_momentum=bn_momentum)
 
 
+def rngs(key: jax.Array) -> dict[str, jax.Array]:
+  """The random streams `Network.apply` draws from: drop-path masks and the `noise` op."""
+  k_drop, k_noise = jax.random.split(key)
+  return {"drop_path": k_drop, "noise": k_noise}
+
+
 def init(model: Network, key: jax.Array, image_shape) -> dict:
   """{"params", "batch_stats"} at initialisation (auxiliary head included).
   image_shape: (H, W, 3)."""
-  k_params, k_drop = jax.random.split(key)
+  k_params, k_rngs = jax.random.split(key)
   x = jnp.zeros((2,) + tuple(image_shape), jnp.float32)
-  return model.init({"params": k_params, "drop_path": k_drop}, x, True, 0.0)
+  return model.init({"params": k_params, **rngs(k_rngs)}, x, True, 0.0)
 
 
 def count_params(params, include_aux: bool = False) -> int:

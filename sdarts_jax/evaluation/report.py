@@ -75,7 +75,8 @@ def model_report(genotype, setting: str, num_classes: int | None = None) -> dict
   variables = jax.eval_shape(lambda: network.init(model, jax.random.PRNGKey(0),
                                                   (size, size, 3)))
   x = jnp.zeros((1, size, size, 3), jnp.float32)
-  macs = count_macs(lambda v, x: model.apply(v, x, False), variables, x)
+  macs = count_macs(lambda v, x: model.apply(v, x, False, rngs=network.rngs(jax.random.PRNGKey(0))),
+                    variables, x)
   return {"params": network.count_params(variables["params"]),
           "params_with_aux": network.count_params(variables["params"], include_aux=True),
           "macs": macs, "channels": channels, "layers": layers, "image_size": size}

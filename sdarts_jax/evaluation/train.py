@@ -62,7 +62,9 @@ def learning_rate(cfg, epochs: int, steps_per_epoch: int):
   linear: PC-DARTS's `adjust_lr` (train_imagenet.py): epoch e uses
     lr (E - T - e) / (E - T) while E - e > T, then lr (E - e) / (T (E - T)), with
     T = cfg.linear_tail_epochs (a gentler slope at the end).
-  Warm-up, either schedule: epoch e < cfg.warmup_epochs is scaled by (e + 1) / warmup.
+  Warm-up, either schedule: epoch e < cfg.warmup_epochs uses cfg.lr (e + 1) / warmup in
+  place of the schedule's value, as the official `train_imagenet.py` overwrites the lr
+  after its schedule (it does so only for batches above 256; the config decides here).
   """
   if cfg.schedule == "cosine":
     base = step.weight_lr(cfg, epochs, steps_per_epoch)
@@ -76,8 +78,8 @@ def learning_rate(cfg, epochs: int, steps_per_epoch: int):
 
   def schedule(count):
     e = step.epoch_of(count, steps_per_epoch)
-    warm = jnp.where(e < cfg.warmup_epochs, (e + 1) / max(cfg.warmup_epochs, 1), 1.0)
-    return base(count) * warm
+    warm = cfg.lr * (e + 1) / max(cfg.warmup_epochs, 1)
+    return jnp.where(e < cfg.warmup_epochs, warm, base(count))
 
   return schedule
 
@@ -122,7 +124,7 @@ def make_train_step(model: network.Network, config, steps_per_epoch: int, prepro
   batch: {"image": [B, H, W, 3] uint8, "label": [B] int32} (global). preprocess(key,
   images, train) -> float images. Loss = cross-entropy (label-smoothed by
   config.loss.label_smoothing) + aux_weight * the same on the auxiliary logits.
-  Augmentation and drop-path masks come from fold_in(PRNGKey(config.seed), step).
+  Augmentation, drop-path masks and `noise` ops draw from fold_in(PRNGKey(config.seed), step).
   """
   tx = optimizer(config.optim, config.epochs, steps_per_epoch)
   lr_of = learning_rate(config.optim, config.epochs, steps_per_epoch)
@@ -131,7 +133,7 @@ def make_train_step(model: network.Network, config, steps_per_epoch: int, prepro
   def loss_fn(params, batch_stats, x, y, drop_prob, key):
     (logits, aux), new = model.apply({"params": params, "batch_stats": batch_stats}, x, True,
                                      drop_prob, mutable=["batch_stats"],
-                                     rngs={"drop_path": key})
+                                     rngs=network.rngs(key))
     loss = cross_entropy(logits, y, smoothing)
     if aux is not None:
       loss = loss + aux_weight * cross_entropy(aux, y, smoothing)
@@ -154,12 +156,15 @@ def make_train_step(model: network.Network, config, steps_per_epoch: int, prepro
   return train_step
 
 
-def make_infer(model: network.Network, preprocess):
+def make_infer(model: network.Network, preprocess, seed: int):
   """infer(params, batch_stats, batch) -> sums over the valid rows of batch["valid"]:
-  {"loss" (plain cross-entropy), "top1", "top5", "count"}; BatchNorm in inference mode."""
+  {"loss" (plain cross-entropy), "top1", "top5", "count"}; BatchNorm in inference mode.
+  A `noise` op draws its Gaussian from PRNGKey(seed), the same draw for every batch (the
+  reference draws afresh; the noise does not depend on the input either way)."""
   def infer(params, batch_stats, batch):
     x = preprocess(None, batch["image"], False)
-    logits, _ = model.apply({"params": params, "batch_stats": batch_stats}, x, False)
+    logits, _ = model.apply({"params": params, "batch_stats": batch_stats}, x, False,
+                            rngs=network.rngs(jax.random.PRNGKey(seed)))
     y, valid = batch["label"], batch["valid"]
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     k = min(5, logits.shape[-1])
@@ -198,7 +203,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   train_step = jax.jit(make_train_step(model, config, spe, inputs.preprocess),
                        in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
                        donate_argnums=0)
-  infer = jax.jit(make_infer(model, inputs.preprocess),
+  infer = jax.jit(make_infer(model, inputs.preprocess, config.seed),
                   in_shardings=(replicated, replicated, sharded), out_shardings=replicated)
 
   # Checkpoint.
