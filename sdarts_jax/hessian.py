@@ -10,8 +10,9 @@ coordinates in the DARTS spaces) for whole spectra. Their loops compile into
 The loss is a function of one flat vector `x`: raw alpha (`wrt="alpha"`, through the
 softmax) or the mixing weights A (`wrt="A"`), [2 * edges * ops] in both cases, ordered as
 `jax.flatten_util.ravel_pytree` orders {"normal", "reduce"}. Options reproduce the
-reference measurement: BatchNorm in train mode, one batch, alpha weight decay on the
-diagonal.
+measurement of the official code, which computes eigenvalues only in its NAS-Bench-1Shot1
+searches (optimizers/analyze.py): BatchNorm in train mode, one batch, alpha weight decay on
+the diagonal.
 """
 from __future__ import annotations
 
