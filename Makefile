@@ -5,6 +5,11 @@ PY := $(VENV)/bin/python
 DEMO_DATA ?=
 DEMO_FALLBACK ?= ../shared/data/cifar10-jpeg
 DEMO_WORKDIR ?= runs/demo
+# With no data above, the demo downloads CIFAR-10's python archive once into
+# ~/.cache/sdarts_jax; DEMO_URL (and DEMO_CHECKSUMS, md5:HEX and/or sha256:HEX, for a file
+# other than the canonical one) point it elsewhere, e.g. file:///path/cifar-10-python.tar.gz.
+DEMO_URL ?=
+DEMO_CHECKSUMS ?=
 # The side-by-side benchmark: REF is the root of the official SDARTS checkout; the official
 # code runs in its own venv with PyTorch (pinned: here 2.13.0 is a local CPU wheel, while an
 # unpinned torch would fetch a CUDA build of several GB; REF_PIP_ARGS can name a CPU index).
@@ -26,7 +31,8 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) -m sdarts_jax.demo --workdir=$(DEMO_WORKDIR) --data='$(DEMO_DATA)' --fallback='$(DEMO_FALLBACK)'
+	$(PY) -m sdarts_jax.demo --workdir=$(DEMO_WORKDIR) --data='$(DEMO_DATA)' --fallback='$(DEMO_FALLBACK)' \
+	  $(if $(DEMO_URL),--url='$(DEMO_URL)') $(if $(DEMO_CHECKSUMS),--checksums='$(DEMO_CHECKSUMS)')
 
 test: install
 	$(PY) -m pytest -q tests

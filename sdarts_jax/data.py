@@ -8,6 +8,10 @@ Sources, selected by `config.data` (see `sdarts_jax.defaults.data_config`):
     Nothing is downloaded here: a missing dataset is a `DataError` saying how to prepare it.
   * An image folder (`folder`, wins over `name`): `{train,test}/<class name>/*.jpg` (or
     .jpeg, .png); labels index the class names of `train/` in sorted order.
+  * CIFAR-10's python batches (`folder` holding data_batch_1..5 and test_batch, as the
+    canonical archive's cifar-10-batches-py/ that `sdarts_jax.download` fetches): each file
+    a pickled dict with b"data" [10000, 3072] uint8 (channels first, flattened) and
+    b"labels"; read with an unpickler that builds only dicts, lists, bytes and numpy arrays.
   * Synthetic images (`name="synthetic"`), learnable and deterministic, for demos and tests.
 
 Host side, everything is numpy: `SearchBatches` draws the SDARTS batches (the first part of
@@ -22,13 +26,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import pathlib
+import pickle
 from typing import Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import PIL.Image
-import tensorflow_datasets as tfds
 from jax import lax
 
 # Per-channel mean and std of the train split, in [0, 1] pixel units.
@@ -41,7 +45,10 @@ SPLITS = ("train", "test")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SYNTHETIC_CLASSES = 10
 SYNTHETIC_SEEDS = {"train": 0, "test": 1}
-FOLDER_LAYOUT = "{train,test}/<class name>/*.jpg (or .jpeg, .png)"
+FOLDER_LAYOUT = ("{train,test}/<class name>/*.jpg (or .jpeg, .png), or CIFAR-10's python "
+                 "batches (data_batch_1..5, test_batch)")
+CIFAR_BATCHES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
+CIFAR_SHAPE = (3, 32, 32)  # one row of b"data": channels, height, width
 
 
 class DataError(ValueError):
@@ -73,8 +80,9 @@ def load(cfg, split: str) -> Source:
     raise DataError(f"config.data.max_examples is {cfg.max_examples}; it must be 0 (all "
                     "examples) or the number of examples to keep from the start of a split.")
   if cfg.folder:
-    return _with_train_stats(f"folder:{cfg.folder}", lambda s: _read_folder(cfg.folder, s),
-                             split, cfg.max_examples)
+    read = _read_cifar_batches if is_cifar_batches(cfg.folder) else _read_folder
+    return _with_train_stats(f"folder:{cfg.folder}", lambda s: read(cfg.folder, s), split,
+                             cfg.max_examples)
   if cfg.name == "synthetic":
     return _with_train_stats("synthetic", lambda s: _read_synthetic(cfg, s), split,
                              cfg.max_examples)
@@ -137,6 +145,7 @@ def _read_tfds(name: str, split: str, data_dir: str, max_examples: int):
 
   Returns images [N, H, W, 3] uint8, labels [N] int32, num_classes.
   """
+  import tensorflow_datasets as tfds  # here: a second to import, needed by this source only
   try:
     records = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False,
                                builder_kwargs={"file_format": "array_record"})
@@ -224,6 +233,68 @@ def _read_image(path: pathlib.Path, folder: str) -> np.ndarray:
   except (OSError, ValueError) as e:
     raise DataError(f"config.data.folder {folder!r}: cannot read the image {path} ({e}). "
                     "Remove or replace the file.") from None
+
+
+# ---------------------------------------------------------------- CIFAR-10 python batches
+
+def is_cifar_batches(folder: str) -> bool:
+  """Whether `folder` holds CIFAR-10's python batches (its data_batch_1)."""
+  return (pathlib.Path(folder).expanduser() / CIFAR_BATCHES["train"][0]).is_file()
+
+
+def _read_cifar_batches(folder: str, split: str):
+  """Read CIFAR-10's python batch files of `split` from `folder`, in file order.
+
+  Returns images [N, 32, 32, 3] uint8, labels [N] int32, num_classes (the length of
+  batches.meta's label_names, 10 without that file).
+  """
+  root = pathlib.Path(folder).expanduser()
+  missing = [name for name in CIFAR_BATCHES[split] if not (root / name).is_file()]
+  if missing:
+    raise DataError(f"config.data.folder {folder!r} holds CIFAR-10 python batches but not "
+                    f"{', '.join(missing)}; unpack the whole archive there again.")
+  batches = [_cifar_batch(root / name, folder) for name in CIFAR_BATCHES[split]]
+  images = np.concatenate([b[0] for b in batches])
+  labels = np.concatenate([b[1] for b in batches])
+  meta = root / "batches.meta"
+  num_classes = len(_unpickle(meta, folder)[b"label_names"]) if meta.is_file() else 10
+  return images, labels, num_classes
+
+
+def _cifar_batch(path: pathlib.Path, folder: str) -> tuple[np.ndarray, np.ndarray]:
+  """One batch file: images [n, 32, 32, 3] uint8 (from b"data" [n, 3072]), labels [n] int32."""
+  batch = _unpickle(path, folder)
+  rows, labels = np.asarray(batch.get(b"data")), np.asarray(batch.get(b"labels"), np.int32)
+  if rows.dtype != np.uint8 or rows.shape != (len(labels), math.prod(CIFAR_SHAPE)):
+    raise DataError(f"config.data.folder {folder!r}: {path} is not a CIFAR-10 batch (b'data' "
+                    f"is {rows.dtype} {rows.shape}, expected uint8 [{len(labels)}, "
+                    f"{math.prod(CIFAR_SHAPE)}] for its {len(labels)} labels).")
+  return rows.reshape(-1, *CIFAR_SHAPE).transpose(0, 2, 3, 1), labels
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+  """Unpickles dicts, lists, bytes, numbers and numpy arrays, nothing that runs code."""
+  _ALLOWED = {("numpy.core.multiarray", "_reconstruct"): np.zeros(0).__reduce__()[0],
+              ("numpy._core.multiarray", "_reconstruct"): np.zeros(0).__reduce__()[0],
+              ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+
+  def find_class(self, module, name):
+    if (module, name) not in self._ALLOWED:
+      raise pickle.UnpicklingError(f"{module}.{name} is not part of a CIFAR batch")
+    return self._ALLOWED[module, name]
+
+
+def _unpickle(path: pathlib.Path, folder: str) -> dict:
+  """A CIFAR python batch file as its dict (keys are bytes: the files come from Python 2)."""
+  try:
+    with open(path, "rb") as f:
+      out = _ArrayUnpickler(f, encoding="bytes").load()
+  except (OSError, pickle.UnpicklingError, EOFError, ValueError) as e:
+    raise DataError(f"config.data.folder {folder!r}: cannot read {path} ({e}). Unpack the "
+                    "CIFAR-10 archive there again.") from None
+  if not isinstance(out, dict):
+    raise DataError(f"config.data.folder {folder!r}: {path} is not a CIFAR-10 batch file.")
+  return out
 
 
 # ---------------------------------------------------------------- synthetic data

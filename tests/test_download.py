@@ -1,0 +1,121 @@
+"""The demo's CIFAR-10 download, against a local HTTP server holding a small archive in the
+canonical format: downloaded once, checksum-verified, cached, read by `data.load`."""
+import functools
+import hashlib
+import http.server
+import io
+import pathlib
+import pickle
+import subprocess
+import sys
+import tarfile
+import threading
+
+import ml_collections
+import numpy as np
+import pytest
+
+from sdarts_jax import data, demo, download
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PER_BATCH = 20
+
+
+def batch(seed: int) -> dict:
+  """A CIFAR-10 python batch of PER_BATCH images, pickled keys as bytes like the real one."""
+  rng = np.random.default_rng(seed)
+  return {b"batch_label": f"batch {seed}".encode(),
+          b"data": rng.integers(0, 256, (PER_BATCH, 3072), dtype=np.uint8),
+          b"labels": [int(x) for x in rng.integers(0, 10, PER_BATCH)],
+          b"filenames": [b"%d.png" % i for i in range(PER_BATCH)]}
+
+
+def archive_bytes(batches: dict[str, dict]) -> bytes:
+  """A tar.gz with cifar-10-batches-py/<name> holding each pickled batch."""
+  out = io.BytesIO()
+  with tarfile.open(fileobj=out, mode="w:gz") as tar:
+    for name, value in batches.items():
+      payload = pickle.dumps(value)
+      info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+      info.size = len(payload)
+      tar.addfile(info, io.BytesIO(payload))
+  return out.getvalue()
+
+
+BATCHES = {**{f"data_batch_{i}": batch(i) for i in range(1, 6)}, "test_batch": batch(0),
+           "batches.meta": {b"label_names": [b"c%d" % i for i in range(10)]}}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+  """(base url, requests list): a local HTTP server holding good.tar.gz, the archive above."""
+  root = tmp_path_factory.mktemp("www")
+  (root / "good.tar.gz").write_bytes(archive_bytes(BATCHES))
+  requests = []
+
+  class Handler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+      requests.append(self.path)
+
+  httpd = http.server.ThreadingHTTPServer(
+      ("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+  threading.Thread(target=httpd.serve_forever, daemon=True).start()
+  yield f"http://127.0.0.1:{httpd.server_address[1]}", requests
+  httpd.shutdown()
+
+
+def sha256(payload: bytes) -> dict[str, str]:
+  return {"sha256": hashlib.sha256(payload).hexdigest()}
+
+
+def test_downloads_verifies_caches_and_loads(server, tmp_path):
+  base, requests = server
+  url, checksums = f"{base}/good.tar.gz", sha256(archive_bytes(BATCHES))
+  said = []
+  folder = download.cifar10(url, checksums, tmp_path, said.append)
+  assert requests.count("/good.tar.gz") == 1
+  assert said[0].startswith(f"downloading CIFAR-10 from {url}") and "checksum verified" in said[-2]
+  assert folder.parent.parent == tmp_path and sorted(p.name for p in folder.iterdir()) == sorted(BATCHES)
+
+  said.clear()
+  assert download.cifar10(url, checksums, tmp_path, said.append) == folder
+  assert requests.count("/good.tar.gz") == 1, "the second call downloaded again"
+  assert said == [f"using CIFAR-10 downloaded earlier: {folder}"]
+
+  cfg = ml_collections.ConfigDict(dict(folder=str(folder), name="cifar10", max_examples=0))
+  train, test = data.load(cfg, "train"), data.load(cfg, "test")
+  assert train.images.shape == (5 * PER_BATCH, 32, 32, 3) and test.num_classes == 10
+  first = BATCHES["data_batch_1"]
+  np.testing.assert_array_equal(train.images[0], first[b"data"][0].reshape(3, 32, 32).transpose(1, 2, 0))
+  np.testing.assert_array_equal(train.labels[:PER_BATCH], first[b"labels"])
+  np.testing.assert_array_equal(test.labels, BATCHES["test_batch"][b"labels"])
+  assert train.mean == test.mean == data.channel_stats(train.images)[0]
+
+
+def test_wrong_checksum_is_rejected_and_not_cached(server, tmp_path):
+  base, _ = server
+  with pytest.raises(download.DownloadError, match="does not match its checksum.*md5 .*expected "
+                                                   "0123.*deleted, not cached"):
+    download.cifar10(f"{base}/good.tar.gz", {"md5": "0123"}, tmp_path, lambda _: None)
+  assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_unreachable_server_and_missing_file_are_download_errors(server, tmp_path):
+  base, _ = server
+  with pytest.raises(download.DownloadError, match=rf"cannot download {base}/nope.tar.gz \(.*404"):
+    download.cifar10(f"{base}/nope.tar.gz", {"md5": "0"}, tmp_path, lambda _: None)
+
+
+def test_demo_without_data_or_network_says_what_to_do(tmp_path):
+  """No --data, TFDS not prepared, no fallback folder, nothing at the url: exit status 2."""
+  env = {"TFDS_DATA_DIR": str(tmp_path / "tfds"), "XDG_CACHE_HOME": str(tmp_path / "cache"),
+         "PATH": "/usr/bin:/bin"}
+  out = subprocess.run(
+      [sys.executable, "-m", "sdarts_jax.demo", f"--workdir={tmp_path / 'run'}",
+       f"--fallback={tmp_path / 'none'}", "--url=http://127.0.0.1:9/cifar-10-python.tar.gz"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2, out.stderr
+  assert "Traceback" not in out.stderr and out.stderr.count("error:") == 1, out.stderr
+  assert "cannot download http://127.0.0.1:9/cifar-10-python.tar.gz" in out.stderr
+  assert "make demo DEMO_DATA=" in out.stderr
+  assert not (tmp_path / "run").exists()
