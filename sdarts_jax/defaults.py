@@ -97,26 +97,64 @@ def search_config(method: str) -> ml_collections.ConfigDict:
   return c
 
 
+def dataset_name(arg: str, allowed: tuple[str, ...] = DATASETS) -> str:
+  """The TFDS name of a dataset argument (c10, cifar10, c100, cifar100, svhn)."""
+  aliases = {"c10": "cifar10", "c100": "cifar100", "svhn": "svhn_cropped"}
+  name = aliases.get(arg, arg)
+  if name not in allowed:
+    known = ", ".join(a.replace("svhn_cropped", "svhn") for a in allowed)
+    raise ValueError(f"unknown dataset argument {arg!r}; known: {known}")
+  return name
+
+
 def apply_search_args(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
   """Apply "space=..", "dataset=..", "smoke" (a run that finishes in under 2 minutes on CPU)."""
   args = parse_arg(arg, ("space", "dataset", "smoke"))
   if "space" in args:
     c.space = args["space"]
   if "dataset" in args:
-    dataset = args["dataset"]
-    if dataset in ("c100", "cifar100"):
-      dataset = "cifar100"
-    elif dataset in ("svhn", "svhn_cropped"):
-      dataset = "svhn_cropped"
-    elif dataset in ("c10", "cifar10"):
-      dataset = "cifar10"
-    else:
-      raise ValueError(f"unknown dataset argument {dataset!r}; known: cifar10, cifar100, svhn")
-    c.data.name = dataset
+    c.data.name = dataset_name(args["dataset"])
   if "smoke" in args:
     c.epochs = 2
     c.model.channels = 4
     c.model.layers = 3
+    c.data.batch_size = 16
+    c.data.max_examples = 256
+    c.log_every_steps = 4
+  return c
+
+
+def nb201_search_config(method: str) -> ml_collections.ConfigDict:
+  """SDARTS search in the NAS-Bench-201 space with the official settings (SmoothDARTS
+  nasbench201/train_search.py): 100 epochs, batch 64, C=16, N=5 cells per stage, and the
+  optimisers, eps ramp and data split of `search_config`, which the script shares."""
+  c = search_config(method)
+  c.space = "nb201"
+  c.epochs = 100
+  c.model = ml_collections.ConfigDict(dict(
+      channels=16,           # C of the first stage (2C, 4C after the ResNet reductions)
+      cells_per_stage=5,     # N
+      bn_momentum=0.9,
+      impl="auto",           # convolutions: auto | fused | grouped (see sdarts_jax.ops)
+  ))
+  c.nb201 = ml_collections.ConfigDict(dict(
+      table="",              # NAS-Bench-201 accuracy CSV: query the cell every epoch
+  ))
+  return c
+
+
+def apply_nb201_args(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+  """Apply "method=darts|rs|adv", "dataset=cifar10|cifar100", "smoke" (a run that finishes
+  in a few minutes on CPU)."""
+  args = parse_arg(arg, ("method", "dataset", "smoke"))
+  if "method" in args:
+    c.method = args["method"]
+  if "dataset" in args:
+    c.data.name = dataset_name(args["dataset"], ("cifar10", "cifar100"))
+  if "smoke" in args:
+    c.epochs = 2
+    c.model.channels = 4
+    c.model.cells_per_stage = 1
     c.data.batch_size = 16
     c.data.max_examples = 256
     c.log_every_steps = 4

@@ -4,6 +4,9 @@ published genotypes.
 A genotype is the JSON object used by `genotypes.json`: per cell type a list of 8
 [op, input] pairs (edges 2i and 2i+1 feed node i; input 0 and 1 are the cell inputs,
 k >= 2 is node k - 2) and the list of states concatenated into the output.
+
+In the NAS-Bench-201 space a genotype is {"nb201": "|op~0|+|op~0|op~1|+|op~0|op~1|op~2|"}:
+every edge keeps its best op, `none` included (see `sdarts_jax.nb201`).
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from sdarts_jax import metrics, spaces
+from sdarts_jax import metrics, nb201, spaces
 
 Genotype = dict[str, Any]  # {"normal": [[op, input], ...], "normal_concat": [...], "reduce"...}
 EDGES_PER_NODE = 2
@@ -43,8 +46,18 @@ def derive_cell(weights: np.ndarray, edge_ops) -> list[list]:
   return cell
 
 
+def derive_nb201(weights: np.ndarray, edge_ops) -> str:
+  """The NAS-Bench-201 cell: on every edge the op of largest weight, `none` included (ties
+  go to the first op). weights: [6, K]; edge_ops: the op names per edge."""
+  weights = np.asarray(weights)
+  return nb201.to_string([ops[int(np.argmax(w))] for w, ops in zip(weights, edge_ops)])
+
+
 def derive(A: Mapping[str, np.ndarray], space: spaces.SearchSpace) -> Genotype:
-  """Genotype of mixing weights A = {"normal": [14, K], "reduce": [14, K]}."""
+  """Genotype of mixing weights A = {"normal": [14, K], "reduce": [14, K]}, or of
+  A = {"normal": [6, K]} in the NAS-Bench-201 space ({"nb201": cell string})."""
+  if space.topology == spaces.NB201_CELL:
+    return {"nb201": derive_nb201(A["normal"], space.ops("normal"))}
   concat = list(range(2, 2 + spaces.NUM_NODES))
   genotype: Genotype = {}
   for cell_type in spaces.CELL_TYPES:
@@ -69,7 +82,14 @@ def published() -> dict[str, Genotype]:
 
 
 def validate(genotype: Genotype, where: str) -> Genotype:
-  """Raise ValueError naming `where` unless `genotype` is a well-formed DARTS cell pair."""
+  """Raise ValueError naming `where` unless `genotype` is a well-formed DARTS cell pair or
+  NAS-Bench-201 cell."""
+  if isinstance(genotype, dict) and "nb201" in genotype:
+    try:
+      nb201.parse(genotype["nb201"])
+    except ValueError as e:
+      raise ValueError(f"{where}: {e}") from None
+    return genotype
   for cell_type in spaces.CELL_TYPES:
     cell = genotype.get(cell_type)
     if not isinstance(cell, list) or len(cell) != EDGES_PER_NODE * spaces.NUM_NODES:
@@ -90,6 +110,10 @@ def resolve(name_or_path: str) -> Genotype:
   if name_or_path in table:
     return table[name_or_path]
   if os.path.isfile(name_or_path):
-    return load(name_or_path)
+    genotype = load(name_or_path)
+    if "nb201" in genotype:
+      raise ValueError(f"{name_or_path} holds a NAS-Bench-201 cell; its accuracy comes from "
+                       f"the benchmark table (config.nb201.table), not from training it here")
+    return genotype
   raise ValueError(f"unknown genotype {name_or_path!r}: neither a file nor a published name "
                    f"({', '.join(sorted(table))})")

@@ -331,6 +331,31 @@ class DilConv(nn.Module):
     return BatchNorm(self.affine, self.bn_momentum)(y, train)
 
 
+class NorConv(nn.Module):
+  """nor_conv_kxk (NAS-Bench-201) for E edges: ReLU, dense kxk convolution (padding
+  (k - 1) // 2, no bias), BatchNorm; the E edges' kernels as one convolution.
+  x: [N, H, W, C] -> [N, H', W', E, D]. `affine` as in SepConv.
+
+  The kernel is stored [E, k, k, C, D] (one PyTorch Conv2d weight per edge)."""
+  kernel_size: int
+  num_edges: int
+  stride: int
+  impl: str
+  features: int | None = None  # D; None keeps C
+  bn_momentum: float = 0.9
+  affine: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train, need=ALL_GRADS) -> jax.Array:
+    e, k, c = self.num_edges, self.kernel_size, x.shape[-1]
+    d = self.features or c
+    kernel = self.param("kernel", torch_uniform(k * k * c), (e, k, k, c, d))
+    kernel = jnp.transpose(kernel, (1, 2, 3, 0, 4)).reshape(k, k, c, e * d)
+    y = conv(nn.relu(x), kernel, self.stride, impl=self.impl, need=need)
+    y = y.reshape(y.shape[:3] + (e, d))
+    return BatchNorm(self.affine, self.bn_momentum)(y, train)
+
+
 class EdgeOp(nn.Module):
   """One candidate op (by name) for the E edges that leave one state.
 
@@ -369,6 +394,8 @@ class EdgeOp(nn.Module):
       return SepConv(int(self.op[-1]), **conv_args)(x, train, need)
     if self.op.startswith("dil_conv_"):
       return DilConv(int(self.op[-1]), **conv_args)(x, train, need)
+    if self.op.startswith("nor_conv_"):
+      return NorConv(int(self.op[-1]), **conv_args)(x, train, need)
     if self.op == "noise":
       n, h, w, c = x[:, ::self.stride, ::self.stride].shape
       return jax.random.normal(self.make_rng("noise"), (n, h, w, self.num_edges, c), x.dtype)
@@ -382,6 +409,7 @@ class MixedOps(nn.Module):
   Attributes:
     edge_ops: the op names of each outgoing edge (E tuples of K names).
     stride: 2 on edges from a reduction cell's inputs, else 1.
+    pool_bn: BatchNorm after pooling (the DARTS supernet) or not (NAS-Bench-201).
 
   Call: x [N, H, W, C], weights [E, K] (rows of the mixing weights A for these edges),
   train (BatchNorm mode), need (see `NO_GRADS`) -> [N, H', W', E, C].
@@ -390,6 +418,7 @@ class MixedOps(nn.Module):
   stride: int
   impl: str
   bn_momentum: float = 0.9
+  pool_bn: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, weights: jax.Array, train, need=ALL_GRADS) -> jax.Array:
@@ -400,8 +429,8 @@ class MixedOps(nn.Module):
       op_index = [self.edge_ops[i].index(op) for i in slots]
       if op == "none":
         continue
-      out = EdgeOp(op, len(slots), self.stride, self.impl, self.bn_momentum, name=op)(
-          x, train, need)
+      out = EdgeOp(op, len(slots), self.stride, self.impl, self.bn_momentum,
+                   pool_bn=self.pool_bn, name=op)(x, train, need)
       w = weights[jnp.array(slots), jnp.array(op_index)]
       term = _place(out * w[:, None], slots, n_edges)
       total = term if total is None else total + term

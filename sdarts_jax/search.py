@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sdarts_jax import (checkpoint, data, genotype, hessian, metrics, ops, parallel, run, spaces,
-                        step, supernet)
+from sdarts_jax import (checkpoint, data, genotype, hessian, metrics, nb201, ops, parallel, run,
+                        spaces, step, supernet)
 
 
 # ---------------------------------------------------------------- checks
@@ -25,16 +25,22 @@ def check_config(config) -> None:
   if config.method not in step.METHODS:
     raise ValueError(f"unknown method {config.method!r} (config.method); known: "
                      f"{', '.join(step.METHODS)}")
-  spaces.validate(spaces.get_space(config.space))
+  space = spaces.get_space(config.space)
+  spaces.validate(space)
+  nb = space.topology == spaces.NB201_CELL
+  field, example = ("cells_per_stage", "nb201_search") if nb else ("layers", "cifar10_adv")
+  if field not in config.model:
+    raise ValueError(f"config.space={config.space!r} needs config.model.{field}; start from "
+                     f"configs/{example}.py")
   for field in ("eps_start", "eps_max"):
     value = config.perturb[field]
     if not 0.0 <= value <= 1.0:
       raise ValueError(f"config.perturb.{field}={value} is outside [0, 1]: the mixing weights "
                        f"live on the simplex, so a perturbation radius above 1 is meaningless")
   positive = {"config.epochs": config.epochs, "config.data.batch_size": config.data.batch_size,
-              "config.model.layers": config.model.layers,
-              "config.model.channels": config.model.channels,
-              "config.perturb.steps": config.perturb.steps}
+              "config.perturb.steps": config.perturb.steps,
+              **{f"config.model.{k}": config.model[k]
+                 for k in ("layers", "cells_per_stage", "channels") if k in config.model}}
   for field, value in positive.items():
     if not isinstance(value, int) or value < 1:
       raise ValueError(f"{field}={value!r} must be a positive integer")
@@ -58,20 +64,26 @@ def search_data(config) -> tuple[data.Source, data.SearchBatches, data.Source]:
   return source, batches, alpha_source
 
 
-def build_model(config, num_classes: int) -> supernet.Supernet:
+def build_model(config, num_classes: int):
+  """The supernet of the space's topology: `supernet.Supernet` or `supernet.NB201Supernet`."""
   m = config.model
   impl = ops.depthwise_impl() if m.impl == "auto" else m.impl
-  return supernet.Supernet(spaces.get_space(config.space), num_classes, m.channels, m.layers,
-                           m.stem_multiplier, impl, m.bn_momentum)
+  space = spaces.get_space(config.space)
+  if space.topology == spaces.NB201_CELL:
+    return supernet.NB201Supernet(space, num_classes, m.channels, m.cells_per_stage, impl,
+                                  m.bn_momentum)
+  return supernet.Supernet(space, num_classes, m.channels, m.layers, m.stem_multiplier, impl,
+                           m.bn_momentum)
 
 
-def init_state(model: supernet.Supernet, config, image_shape, steps_per_epoch: int) -> dict:
+def init_state(model, config, image_shape, steps_per_epoch: int) -> dict:
   """The search state at step 0. image_shape: (H, W, 3)."""
   key = jax.random.PRNGKey(config.seed)
   k_params, k_alpha, k_noise = jax.random.split(key, 3)
   shape = model.space.alpha_shape()
+  cell_types = model.space.cell_types
   alpha = {t: config.alpha.init_scale * jax.random.normal(k, shape)
-           for t, k in zip(spaces.CELL_TYPES, jax.random.split(k_alpha))}
+           for t, k in zip(cell_types, jax.random.split(k_alpha, len(cell_types)))}
   x = jnp.zeros((2,) + tuple(image_shape), jnp.float32)
   variables = model.init({"params": k_params, "noise": k_noise}, x,
                          step.mixing_weights(alpha), False)
@@ -82,7 +94,7 @@ def init_state(model: supernet.Supernet, config, image_shape, steps_per_epoch: i
           "step": jnp.zeros((), jnp.int32)}
 
 
-def make_infer(model: supernet.Supernet, source: data.Source, seed: int):
+def make_infer(model, source: data.Source, seed: int):
   """infer(params, batch_stats, A, images, labels, num_valid) -> (loss sum, correct count)
   over the first num_valid examples, BatchNorm in inference mode."""
   def infer(params, batch_stats, A, images, labels, num_valid):
@@ -103,6 +115,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Run (or resume) a search; returns the last epoch's record. Raises run.Preempted after
   saving a checkpoint when SIGTERM arrives."""
   check_config(config)
+  table = nb201.table_for(config)  # the NAS-Bench-201 accuracy table, when one is set
   run.start(config, workdir)
 
   # Mesh.
@@ -146,7 +159,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if start == 0:
     run.log(f"search: {config.method} on {source.name} ({len(source.labels)} images, "
          f"{spe} steps/epoch, {config.epochs} epochs), space {config.space}, "
-         f"{config.model.layers} cells, C={config.model.channels}, batch "
+         f"{model.num_cells} cells, C={config.model.channels}, batch "
          f"{config.data.batch_size}, {mesh.devices.size} device(s); compiling the step...")
   record = {}
   sums: dict[str, float] = {}
@@ -191,7 +204,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     meta = {"step": done, "epoch": epoch + (index == spe - 1), "lambda_max": tracker.history}
     if index == spe - 1:
       record = _end_of_epoch(config, model, state, epoch, sums, spe, eval_source, infer,
-                             sharded, writer, workdir, time.time() - t_epoch)
+                             sharded, writer, workdir, time.time() - t_epoch, table)
       record.update(tracker.measure(state, epoch, writer, done))
       stop_epoch = tracker.stop_epoch()
       if stop_epoch is not None:
@@ -215,8 +228,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def _end_of_epoch(config, model, state, epoch, sums, spe, eval_source, infer, sharded, writer,
-                  workdir, seconds) -> dict:
-  """Epoch means, accuracy on the alpha half, genotype and A: logged and written."""
+                  workdir, seconds, table=None) -> dict:
+  """Epoch means, accuracy on the alpha half, genotype and A: logged and written; with a
+  NAS-Bench-201 table, the cell's benchmark accuracies and ranks (`nb201.Table.query`)."""
   A = jax.device_get(step.mixing_weights(state["alpha"]))
   geno = genotype.derive(A, model.space)
   record = {f"{k}": v / spe for k, v in sums.items()}
@@ -230,6 +244,8 @@ def _end_of_epoch(config, model, state, epoch, sums, spe, eval_source, infer, sh
       loss, correct = loss + float(l), correct + int(c)
     record.update(eval_loss=loss / len(eval_source.labels),
                   eval_accuracy=correct / len(eval_source.labels))
+  if table is not None:
+    record.update(table.query(geno["nb201"]))
   done = (epoch + 1) * spe
   writer.write("epoch", done, {**record, "genotype": geno,
                                "A": {t: np.asarray(a) for t, a in A.items()}})

@@ -9,6 +9,14 @@ States are numbered 0 and 1 for the cell inputs and 2 + i for node i.
 A space gives, per cell type ("normal", "reduce"), the tuple of op names on each edge.
 Every edge of a space carries the same number of ops, so alpha for a cell type is one
 `[num_edges, num_ops]` array.
+
+A space also names its cell *topology* (`Topology`): how many inputs a cell has, how many
+intermediate nodes, and which cell types are searched. The DARTS family above is one; the
+NAS-Bench-201 space (`nb201`) is the other: a cell with one input (state 0) and 3 nodes,
+node i summing edges from every earlier state, so 6 edges (1<-0, 2<-0, 2<-1, 3<-0, 3<-1,
+3<-2 in NAS-Bench-201's numbering, where state k is node k and node 3 is the output). Its
+reductions are fixed ResNet blocks, so it searches one cell type, the normal cell: the
+mixing weights are A = {"normal": [6, 5]}, shared by every cell.
 """
 from __future__ import annotations
 
@@ -18,9 +26,39 @@ NUM_NODES = 4
 CELL_TYPES = ("normal", "reduce")
 
 
-def edge_endpoints(num_nodes: int = NUM_NODES) -> tuple[tuple[int, int], ...]:
-  """(source state, target node) of every edge, in edge order."""
-  return tuple((src, node) for node in range(num_nodes) for src in range(2 + node))
+def edge_endpoints(num_nodes: int = NUM_NODES, inputs: int = 2) -> tuple[tuple[int, int], ...]:
+  """(source state, target node) of every edge, in edge order: node i (from 0) receives an
+  edge from each of the `inputs` cell inputs and from nodes 0..i-1 (state inputs + j)."""
+  return tuple((src, node) for node in range(num_nodes) for src in range(inputs + node))
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+  """How a cell wires its edges.
+
+  Attributes:
+    name: "darts" (two cell inputs, 4 nodes, normal and reduction cells searched) or
+      "nb201" (one input, 3 nodes, the normal cell searched; output the last node).
+    inputs: cell inputs (states 0 .. inputs - 1).
+    num_nodes: intermediate nodes (states inputs .. inputs + num_nodes - 1).
+    cell_types: the searched cell types, the keys of alpha and of A.
+  """
+  name: str
+  inputs: int
+  num_nodes: int
+  cell_types: tuple[str, ...]
+
+  def edges(self) -> tuple[tuple[int, int], ...]:
+    """(source state, target node) of every edge, in edge order (`edge_endpoints`)."""
+    return edge_endpoints(self.num_nodes, self.inputs)
+
+  @property
+  def num_edges(self) -> int:
+    return len(self.edges())
+
+
+DARTS_CELL = Topology("darts", 2, NUM_NODES, CELL_TYPES)
+NB201_CELL = Topology("nb201", 1, 3, ("normal",))
 
 
 NUM_EDGES = len(edge_endpoints())
@@ -36,6 +74,8 @@ OPS = (
     "sep_conv_5x5",
     "dil_conv_3x3",
     "dil_conv_5x5",
+    "nor_conv_1x1",  # NAS-Bench-201: ReLU, convolution, BatchNorm
+    "nor_conv_3x3",
 )
 
 DARTS_OPS = ("max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3",
@@ -60,16 +100,23 @@ class SearchSpace:
 
   Attributes:
     name: the space's name in configs (`config.space`).
-    normal: `NUM_EDGES` tuples of op names for the normal cell.
-    reduce: the same for the reduction cell.
+    normal: one tuple of op names per edge of the normal cell.
+    reduce: the same for the reduction cell (empty when the topology searches none).
+    topology: the cell's wiring (`DARTS_CELL` or `NB201_CELL`).
   """
   name: str
   normal: tuple[tuple[str, ...], ...]
-  reduce: tuple[tuple[str, ...], ...]
+  reduce: tuple[tuple[str, ...], ...] = ()
+  topology: Topology = DARTS_CELL
 
   def ops(self, cell_type: str) -> tuple[tuple[str, ...], ...]:
     """The per-edge op lists of `cell_type` ("normal" or "reduce")."""
     return {"normal": self.normal, "reduce": self.reduce}[cell_type]
+
+  @property
+  def cell_types(self) -> tuple[str, ...]:
+    """The keys of alpha and A: ("normal", "reduce"), or ("normal",) for NAS-Bench-201."""
+    return self.topology.cell_types
 
   @property
   def num_ops(self) -> int:
@@ -78,7 +125,7 @@ class SearchSpace:
 
   def alpha_shape(self) -> tuple[int, int]:
     """Shape of alpha (and of the mixing weights A) for one cell type: [edges, ops]."""
-    return (NUM_EDGES, self.num_ops)
+    return (self.topology.num_edges, self.num_ops)
 
 
 def _uniform(name: str, ops: tuple[str, ...]) -> SearchSpace:
@@ -90,6 +137,10 @@ def _expand(rows: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
   return tuple(tuple(_SHORT[op] for op in row.split()) for row in rows)
 
 
+# NAS-Bench-201's five ops, in the benchmark's order (the columns of alpha).
+NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+
+# The DARTS family (`DARTS_CELL`).
 SPACES: dict[str, SearchSpace] = {
     "s5": _uniform("s5", DARTS_OPS),
     "darts": _uniform("darts", ("none",) + DARTS_OPS),
@@ -99,14 +150,19 @@ SPACES: dict[str, SearchSpace] = {
     "s4": _uniform("s4", ("noise", "sep_conv_3x3")),
 }
 
+# Benchmark spaces with their own cell topology and network (`sdarts_jax.supernet.build`).
+BENCHMARK_SPACES: dict[str, SearchSpace] = {
+    "nb201": SearchSpace("nb201", (NB201_OPS,) * NB201_CELL.num_edges, topology=NB201_CELL),
+}
+
 
 def validate(space: SearchSpace) -> None:
-  """Raises ValueError unless `space` is one the DARTS supernet can build."""
-  for cell_type in CELL_TYPES:
+  """Raises ValueError unless `space` is one its topology's supernet can build."""
+  for cell_type in space.cell_types:
     edges = space.ops(cell_type)
-    if len(edges) != NUM_EDGES:
+    if len(edges) != space.topology.num_edges:
       raise ValueError(f"space {space.name!r}: {cell_type} cell has {len(edges)} edges, "
-                       f"a DARTS cell has {NUM_EDGES}")
+                       f"a {space.topology.name} cell has {space.topology.num_edges}")
     for i, ops in enumerate(edges):
       unknown = [op for op in ops if op not in OPS]
       if unknown:
@@ -119,7 +175,8 @@ def validate(space: SearchSpace) -> None:
 
 def get_space(name: str) -> SearchSpace:
   """The registered space called `name`; ValueError naming the known ones otherwise."""
-  if name not in SPACES:
+  known = {**SPACES, **BENCHMARK_SPACES}
+  if name not in known:
     raise ValueError(f"unknown search space {name!r} (config.space); "
-                     f"known spaces: {', '.join(SPACES)}")
-  return SPACES[name]
+                     f"known spaces: {', '.join(known)}")
+  return known[name]
