@@ -30,6 +30,11 @@ PROGRESS_STEPS = 10  # a progress line every 10% (every 16 MiB when the size is 
 MIB = 1 << 20
 
 
+def _say(text: str) -> None:
+  """A progress line, shown at once also when stdout is a pipe."""
+  print(text, flush=True)
+
+
 class DownloadError(RuntimeError):
   """The archive could not be fetched, did not match its checksum, or is not CIFAR-10."""
 
@@ -55,7 +60,7 @@ def parse_checksums(text: str) -> dict[str, str]:
 
 def cifar10(url: str = CIFAR10_URL, checksums: dict[str, str] | None = None,
             cache: pathlib.Path | None = None,
-            say: Callable[[str], None] = print) -> pathlib.Path:
+            say: Callable[[str], None] = _say) -> pathlib.Path:
   """The folder cifar-10-batches-py of the archive at `url`, downloaded and unpacked on the
   first call, found in the cache afterwards.
 
@@ -70,8 +75,13 @@ def cifar10(url: str = CIFAR10_URL, checksums: dict[str, str] | None = None,
   if target.is_dir():
     say(f"using CIFAR-10 downloaded earlier: {target}")
     return target
-  home.mkdir(parents=True, exist_ok=True)
-  with tempfile.TemporaryDirectory(dir=home, prefix=".download-") as scratch:
+  try:
+    home.mkdir(parents=True, exist_ok=True)
+    scratch_dir = tempfile.TemporaryDirectory(dir=home, prefix=".download-")
+  except OSError as e:
+    raise DownloadError(f"cannot write the cache folder {home} ({e.strerror}); set "
+                        "XDG_CACHE_HOME to a writable folder") from None
+  with scratch_dir as scratch:
     archive = pathlib.Path(scratch) / "archive.tar.gz"
     digests = fetch(url, archive, say)
     verify(digests, checksums, url)

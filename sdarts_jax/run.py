@@ -3,6 +3,7 @@ config, the persistent compilation cache, preemption, logging."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -162,9 +163,26 @@ def as_command(fn: Callable, *args):
     sys.exit(PREEMPTED_EXIT)
 
 
+# Library log lines that tell the person running a command nothing (below ERROR): JAX
+# probing for accelerator backends that are not installed, and TFDS probing for a dataset
+# that is not prepared (`sdarts_jax.data` says itself what is missing and what to do).
+LOG_NOISE = ("Unable to initialize backend", "is experimental and not all JAX functionality")
+NOISY_PACKAGES = (f"{os.sep}tensorflow_datasets{os.sep}",)
+
+
 def quiet_libraries() -> None:
-  """Keep library INFO logs (orbax writes several lines per checkpoint) off the console."""
+  """Keep library INFO logs (orbax writes several lines per checkpoint) and the noise above
+  off the console."""
   absl_logging.set_verbosity(absl_logging.WARNING)
+  for name in ("jax._src.xla_bridge", "absl"):  # TFDS logs through absl's logger
+    logging.getLogger(name).addFilter(_not_noise)
+
+
+def _not_noise(record: logging.LogRecord) -> bool:
+  """False for a record quiet_libraries drops (LOG_NOISE, NOISY_PACKAGES)."""
+  return record.levelno >= logging.ERROR or not (
+      any(text in record.getMessage() for text in LOG_NOISE)
+      or any(package in record.pathname for package in NOISY_PACKAGES))
 
 
 def log(text: str) -> None:

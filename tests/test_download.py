@@ -4,8 +4,10 @@ import functools
 import hashlib
 import http.server
 import io
+import os
 import pathlib
 import pickle
+import re
 import subprocess
 import sys
 import tarfile
@@ -71,15 +73,15 @@ def sha256(payload: bytes) -> dict[str, str]:
 def test_downloads_verifies_caches_and_loads(server, tmp_path):
   base, requests = server
   url, checksums = f"{base}/good.tar.gz", sha256(archive_bytes(BATCHES))
-  said = []
+  said, before = [], len(requests)
   folder = download.cifar10(url, checksums, tmp_path, said.append)
-  assert requests.count("/good.tar.gz") == 1
+  assert requests[before:] == ["/good.tar.gz"]
   assert said[0].startswith(f"downloading CIFAR-10 from {url}") and "checksum verified" in said[-2]
   assert folder.parent.parent == tmp_path and sorted(p.name for p in folder.iterdir()) == sorted(BATCHES)
 
   said.clear()
   assert download.cifar10(url, checksums, tmp_path, said.append) == folder
-  assert requests.count("/good.tar.gz") == 1, "the second call downloaded again"
+  assert requests[before:] == ["/good.tar.gz"], "the second call downloaded again"
   assert said == [f"using CIFAR-10 downloaded earlier: {folder}"]
 
   cfg = ml_collections.ConfigDict(dict(folder=str(folder), name="cifar10", max_examples=0))
@@ -92,6 +94,24 @@ def test_downloads_verifies_caches_and_loads(server, tmp_path):
   assert train.mean == test.mean == data.channel_stats(train.images)[0]
 
 
+def test_demo_takes_data_in_order_and_downloads_last(server, tmp_path, monkeypatch):
+  """--data, then TFDS (not prepared here), then the fallback folder, then the download."""
+  base, requests = server
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+  config = ml_collections.ConfigDict({"data": dict(
+      name="cifar10", folder="", tfds_data_dir=str(tmp_path / "tfds"), max_examples=0)})
+  url, checksums = f"{base}/good.tar.gz", sha256(archive_bytes(BATCHES))
+  choose = lambda given, fallback: demo.choose_data(config, given, fallback, url, checksums)
+  before = len(requests)
+  assert choose("given", str(tmp_path)) == "given"
+  assert choose("", str(tmp_path)) == str(tmp_path)
+  assert len(requests) == before
+  folder = choose("", str(tmp_path / "none"))
+  assert requests[before:] == ["/good.tar.gz"]
+  assert folder == str(download.cache_root() / f"cifar10-{checksums['sha256'][:16]}"
+                       / download.BATCHES_DIR)
+
+
 def test_wrong_checksum_is_rejected_and_not_cached(server, tmp_path):
   base, _ = server
   with pytest.raises(download.DownloadError, match="does not match its checksum.*md5 .*expected "
@@ -100,16 +120,19 @@ def test_wrong_checksum_is_rejected_and_not_cached(server, tmp_path):
   assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == []
 
 
-def test_unreachable_server_and_missing_file_are_download_errors(server, tmp_path):
+def test_missing_file_and_unwritable_cache_are_download_errors(server, tmp_path):
   base, _ = server
   with pytest.raises(download.DownloadError, match=rf"cannot download {base}/nope.tar.gz \(.*404"):
     download.cifar10(f"{base}/nope.tar.gz", {"md5": "0"}, tmp_path, lambda _: None)
+  (tmp_path / "file").write_text("")
+  with pytest.raises(download.DownloadError, match="cannot write the cache folder .*XDG_CACHE_HOME"):
+    download.cifar10(f"{base}/good.tar.gz", {"md5": "0"}, tmp_path / "file", lambda _: None)
 
 
 def test_demo_without_data_or_network_says_what_to_do(tmp_path):
   """No --data, TFDS not prepared, no fallback folder, nothing at the url: exit status 2."""
-  env = {"TFDS_DATA_DIR": str(tmp_path / "tfds"), "XDG_CACHE_HOME": str(tmp_path / "cache"),
-         "PATH": "/usr/bin:/bin"}
+  env = dict(os.environ, TFDS_DATA_DIR=str(tmp_path / "tfds"),
+             XDG_CACHE_HOME=str(tmp_path / "cache"))
   out = subprocess.run(
       [sys.executable, "-m", "sdarts_jax.demo", f"--workdir={tmp_path / 'run'}",
        f"--fallback={tmp_path / 'none'}", "--url=http://127.0.0.1:9/cifar-10-python.tar.gz"],
@@ -118,4 +141,5 @@ def test_demo_without_data_or_network_says_what_to_do(tmp_path):
   assert "Traceback" not in out.stderr and out.stderr.count("error:") == 1, out.stderr
   assert "cannot download http://127.0.0.1:9/cifar-10-python.tar.gz" in out.stderr
   assert "make demo DEMO_DATA=" in out.stderr
+  assert not re.search(r"^[IWE]\d{4} ", out.stderr + out.stdout, re.M), "TFDS's log lines show"
   assert not (tmp_path / "run").exists()

@@ -1,0 +1,111 @@
+"""A real search process killed with SIGKILL, once while a checkpoint is being written and
+once in the middle of an epoch, resumes to the same final state, bit for bit, as a run that
+was never interrupted.
+
+The processes share a persistent compilation cache, so only the first one compiles; the
+method is DARTS, whose step compiles in half the time of SDARTS-ADV's and draws random
+numbers from the step count as they do (data augmentation).
+"""
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+from conftest import final_state
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+STEPS_PER_EPOCH = 8  # 128 synthetic images, half for the weights, batch 8
+EPOCHS = 4
+TOTAL = STEPS_PER_EPOCH * EPOCHS
+# conftest's tiny search, with checkpoints every epoch and the progress line every step.
+OVERRIDES = {"space": "s3", "epochs": EPOCHS, "model.layers": 1, "model.channels": 4,
+             "data.name": "synthetic", "data.image_size": 8,
+             "data.synthetic_examples": 128, "data.batch_size": 8, "log_every_steps": 1,
+             "checkpoint_every_epochs": 1}
+POLL_S = 0.001
+WAIT_S = 300
+
+
+class Search:
+  """`python -m sdarts_jax.main` on the tiny config in `workdir`, its output in files."""
+
+  def __init__(self, workdir: pathlib.Path, cache: pathlib.Path, name: str):
+    self.workdir, self.log = workdir, workdir.parent / f"{name}.log"
+    flags = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+    env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0",
+               PYTHONUNBUFFERED="1")  # one CPU device, LLVM at -O0 as conftest
+    with open(self.log, "w") as log:
+      self.process = subprocess.Popen(
+          [sys.executable, "-m", "sdarts_jax.main", "--config=configs/cifar10_darts.py",
+           f"--workdir={workdir}", f"--config.compilation_cache={cache}", *flags],
+          cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+  def output(self) -> str:
+    return self.log.read_text()
+
+  def checkpoints(self) -> list[str]:
+    """Names in the checkpoints folder: finished steps ("16") and writes under way."""
+    folder = self.workdir / "checkpoints"
+    return sorted(os.listdir(folder)) if folder.is_dir() else []
+
+  def steps_done(self) -> list[int]:
+    """The steps whose progress line the run printed ("step 19/32 | ...")."""
+    return [int(line.split()[1].split("/")[0]) for line in self.output().splitlines()
+            if line.startswith("step ")]
+
+  def kill_when(self, condition) -> None:
+    """SIGKILL the process as soon as condition() holds; fails if it ends first."""
+    deadline = time.time() + WAIT_S
+    while not condition():
+      assert self.process.poll() is None, f"the run ended before the kill:\n{self.output()}"
+      assert time.time() < deadline, f"no kill point within {WAIT_S} s:\n{self.output()}"
+      time.sleep(POLL_S)
+    assert self.process.poll() is None, "the run ended before the kill"
+    self.process.send_signal(signal.SIGKILL)
+    assert self.process.wait() == -signal.SIGKILL
+
+  def finish(self) -> str:
+    assert self.process.wait(timeout=WAIT_S) == 0, self.output()
+    return self.output()
+
+
+def writing(step: int):
+  """A test of a checkpoints folder's names: does it hold orbax's unfinished folder of
+  `step` ("16.orbax-checkpoint-tmp")?"""
+  return lambda names: any(n.startswith(f"{step}.") and "tmp" in n for n in names)
+
+
+def test_sigkill_mid_save_and_mid_epoch_resumes_bit_identical(tmp_path):
+  cache = tmp_path / "xla_cache"
+  full = Search(tmp_path / "full", cache, "full").finish()
+  assert not re.search(r"^[IWE]\d{4} |Traceback", full, re.M), f"library log lines:\n{full}"
+
+  killed, epoch1, epoch2 = tmp_path / "killed", STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH
+  # 1. Killed while the checkpoint of epoch 2 is being written.
+  run = Search(killed, cache, "run1")
+  run.kill_when(lambda: writing(epoch2)(run.checkpoints()))
+  names = run.checkpoints()
+  assert writing(epoch2)(names) and str(epoch2) not in names and str(epoch1) in names, names
+
+  # 2. Resumed from epoch 1's checkpoint (the unfinished one is passed over), killed in the
+  # middle of epoch 2: no save is under way then, so the kill point does not race one.
+  run = Search(killed, cache, "run2")
+  run.kill_when(lambda: max(run.steps_done(), default=0) > epoch1)
+  assert f"resumed from step {epoch1}" in run.output()
+  assert epoch1 < max(run.steps_done()) < epoch2 and str(epoch2) not in run.checkpoints()
+
+  # 3. Resumed from epoch 1's checkpoint again, run to the end.
+  out = Search(killed, cache, "run3").finish()
+  assert f"resumed from step {epoch1}" in out and "Traceback" not in out
+
+  (s1, a), (s2, b) = final_state(tmp_path / "full"), final_state(killed)
+  assert s1 == s2 == TOTAL
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(x, y)
+  assert (killed / "genotype.json").read_text() == (tmp_path / "full" / "genotype.json").read_text()
