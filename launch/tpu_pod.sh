@@ -1,19 +1,84 @@
 #!/usr/bin/env bash
-# Run a search on every worker of a Cloud TPU pod slice (one process per host; JAX
-# discovers the slice itself, see sdarts_jax/parallel.py). The global batch is split over
-# all chips: keep config.data.batch_size a multiple of the chip count.
+# Run sdarts_jax on every worker of a Cloud TPU VM slice: one process per host, the global
+# batch split over all chips (keep config.data.batch_size a multiple of the chip count).
 #
-#   launch/tpu_pod.sh TPU_NAME ZONE gs://bucket/runs/adv1 [--config.x=y ...]
+#   launch/tpu_pod.sh [options] TPU_NAME ZONE WORKDIR [--config=FILE[:ARG]] [--config.x=y ...]
 #
-# The workdir must be shared by all hosts (a gs:// path works with orbax). Only process 0
-# writes metrics and genotypes.
+# What it ships (default: this checkout's working tree, committed or not):
+#   (default)            a tarball of the files git sees here (tracked, and untracked ones
+#                        that .gitignore does not exclude), copied to every worker
+#   --repo=URL --commit=REV   each worker clones URL and checks out REV instead
+# Options:
+#   --project=ID         gcloud project (default: gcloud's configured one)
+#   --extra=NAME         pip extra to install (default: tpu)
+#   --remote-dir=DIR     where the code lives on the workers (default: sdarts_jax, in $HOME)
+#   --log=FILE           also write the streamed output here (default: runs/tpu_TPU_NAME.log)
+#   --dry-run            print every command instead of running it
+# The config defaults to configs/cifar10_adv.py. WORKDIR must be storage all hosts share
+# (a gs:// path works with orbax); only process 0 writes metrics, genotypes and TensorBoard.
+# Every process runs `python -m sdarts_jax.main` with SDARTS_DISTRIBUTED=auto, so JAX finds
+# the slice's workers itself (sdarts_jax/parallel.py). Output streams from all workers,
+# each line prefixed with its host name.
 set -euo pipefail
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
+die() { echo "error: $*" >&2; exit 2; }
+
+dry_run=0 project="" extra=tpu remote_dir=sdarts_jax repo="" commit="" log=""
+while [[ $# -gt 0 && $1 == --* ]]; do
+  case $1 in
+    --dry-run) dry_run=1 ;;
+    --project=*) project=${1#*=} ;;
+    --extra=*) extra=${1#*=} ;;
+    --remote-dir=*) remote_dir=${1#*=} ;;
+    --repo=*) repo=${1#*=} ;;
+    --commit=*) commit=${1#*=} ;;
+    --log=*) log=${1#*=} ;;
+    --help|-h) usage ;;
+    *) die "unknown option $1 (options come before TPU_NAME; see --help)" ;;
+  esac
+  shift
+done
+[[ $# -ge 3 ]] || usage
 name=$1 zone=$2 workdir=$3
 shift 3
-repo=${REPO:-https://github.com/your-org/sdarts_jax}
-gcloud compute tpus tpu-vm ssh "$name" --zone="$zone" --worker=all --command="
-  set -e
-  [ -d sdarts_jax ] || git clone $repo sdarts_jax
-  cd sdarts_jax && python3 -m venv .venv && .venv/bin/pip install -q -e '.[tpu]'
-  .venv/bin/python -m sdarts_jax.main --config=configs/cifar10_adv.py --workdir=$workdir $*
-"
+[[ -n $repo && -z $commit || -z $repo && -n $commit ]] && die "--repo and --commit go together"
+args=("$@")
+[[ " ${args[*]-} " == *" --config="* ]] || args=(--config=configs/cifar10_adv.py "${args[@]}")
+log=${log:-runs/tpu_$name.log}
+root=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
+
+run() {  # print the command (shell-quoted); run it unless --dry-run
+  printf '+'; printf ' %q' "$@"; printf '\n'
+  [[ $dry_run == 1 ]] || "$@"
+}
+
+gcloud_tpu=(gcloud compute tpus tpu-vm)
+where=(--zone="$zone" --worker=all ${project:+--project="$project"})
+
+# 1. The code on every worker.
+if [[ -n $repo ]]; then
+  fetch="rm -rf $(printf %q "$remote_dir") && git clone -q $(printf %q "$repo") $(printf %q "$remote_dir") && git -C $(printf %q "$remote_dir") checkout -q $(printf %q "$commit")"
+else
+  tarball=${TMPDIR:-/tmp}/sdarts_jax.$$.tar.gz
+  [[ $dry_run == 1 ]] || trap 'rm -f "$tarball"' EXIT
+  echo "+ (cd $(printf %q "$root") && git ls-files -z --cached --others --exclude-standard | tar --null -T - -czf $(printf %q "$tarball"))"
+  [[ $dry_run == 1 ]] || (cd "$root" && git ls-files -z --cached --others --exclude-standard |
+    while IFS= read -r -d '' f; do [[ ! -e $f ]] || printf '%s\0' "$f"; done |  # not deleted ones
+    tar --null -T - -czf "$tarball")
+  run "${gcloud_tpu[@]}" scp "$tarball" "$name:sdarts_jax.tar.gz" "${where[@]}"
+  fetch="rm -rf $(printf %q "$remote_dir") && mkdir -p $(printf %q "$remote_dir") && tar -xzf sdarts_jax.tar.gz -C $(printf %q "$remote_dir")"
+fi
+
+# 2. Install on every worker.
+run "${gcloud_tpu[@]}" ssh "$name" "${where[@]}" --command="set -e; $fetch; cd $(printf %q "$remote_dir") && python3 -m venv .venv && .venv/bin/pip install -q -e '.[$extra]'"
+
+# 3. One process per host; output streamed here (and appended to the log), each line
+# prefixed with its host name.
+main=$(printf ' %q' .venv/bin/python -m sdarts_jax.main --workdir="$workdir" "${args[@]}")
+start=("${gcloud_tpu[@]}" ssh "$name" "${where[@]}" --command="set -o pipefail; cd $(printf %q "$remote_dir") && SDARTS_DISTRIBUTED=auto$main 2>&1 | sed -u \"s/^/[\$(hostname)] /\"")
+printf '+'; printf ' %q' "${start[@]}"; printf ' 2>&1 | tee -a %q\n' "$log"
+if [[ $dry_run == 0 ]]; then
+  mkdir -p "$(dirname "$log")"
+  "${start[@]}" 2>&1 | tee -a "$log"
+fi

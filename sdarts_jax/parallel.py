@@ -15,22 +15,58 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 DATA_AXIS = "data"
 
 
+# Environment variables that describe a multi-process run (see `initialize_distributed`).
+PROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+AUTO_ENV = "SDARTS_DISTRIBUTED"
+HEARTBEAT_ENV = "SDARTS_HEARTBEAT_TIMEOUT_S"
+INIT_TIMEOUT_ENV = "SDARTS_INIT_TIMEOUT_S"
+
+
 def initialize_distributed() -> None:
   """Join a multi-process run when the environment describes one; a no-op otherwise.
 
-  Multi-host GPU: JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and
-  JAX_PROCESS_ID (see launch/multihost_gpu.sh). TPU pod slices: TPU_WORKER_HOSTNAMES lists
-  several workers and JAX finds the rest itself. Must run before anything touches devices.
+  Explicit (multi-host GPU, several processes on one machine): JAX_COORDINATOR_ADDRESS
+  (host:port of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID (see
+  launch/multihost_gpu.sh). Detected by JAX (Cloud TPU slices, SLURM): SDARTS_DISTRIBUTED=auto
+  (launch/tpu_pod.sh sets it), or TPU_WORKER_HOSTNAMES listing several workers.
+  SDARTS_HEARTBEAT_TIMEOUT_S (default 100): seconds after which a process that stopped
+  answering counts as dead and the others end with an error instead of waiting for it.
+  SDARTS_INIT_TIMEOUT_S (default 300): how long to wait for every process to join.
+  Must run before anything touches devices. ValueError for a malformed environment.
   """
   env = os.environ
+  timeouts = dict(heartbeat_timeout_seconds=_positive_int(HEARTBEAT_ENV, 100),
+                  initialization_timeout=_positive_int(INIT_TIMEOUT_ENV, 300))
   if env.get("JAX_COORDINATOR_ADDRESS"):
-    missing = [k for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if k not in env]
+    missing = [k for k in PROCESS_ENV if not env.get(k)]
     if missing:
-      raise ValueError(f"JAX_COORDINATOR_ADDRESS is set but {', '.join(missing)} is not")
-    jax.distributed.initialize(env["JAX_COORDINATOR_ADDRESS"], int(env["JAX_NUM_PROCESSES"]),
-                               int(env["JAX_PROCESS_ID"]))
-  elif "," in env.get("TPU_WORKER_HOSTNAMES", ""):
-    jax.distributed.initialize()
+      raise ValueError(f"JAX_COORDINATOR_ADDRESS is set but {', '.join(missing)} is not: a "
+                       f"multi-process run needs all of {', '.join(PROCESS_ENV)}")
+    count, index = _positive_int("JAX_NUM_PROCESSES", 0), _positive_int("JAX_PROCESS_ID", 0, 0)
+    if index >= count:
+      raise ValueError(f"JAX_PROCESS_ID={index} must be below JAX_NUM_PROCESSES={count} "
+                       f"(processes are numbered from 0)")
+    jax.distributed.initialize(env["JAX_COORDINATOR_ADDRESS"], count, index, **timeouts)
+  elif env.get(AUTO_ENV) == "auto" or "," in env.get("TPU_WORKER_HOSTNAMES", ""):
+    jax.distributed.initialize(**timeouts)
+  elif env.get(AUTO_ENV):
+    raise ValueError(f"{AUTO_ENV}={env[AUTO_ENV]!r}: the only value is 'auto' (let JAX detect "
+                     f"the cluster); for explicit processes set {', '.join(PROCESS_ENV)}")
+
+
+def _positive_int(name: str, default: int, minimum: int = 1) -> int:
+  """The integer in environment variable `name` (`default` when unset); ValueError naming
+  the variable when it is not an integer >= minimum."""
+  text = os.environ.get(name, "")
+  if not text:
+    return default
+  try:
+    value = int(text)
+  except ValueError:
+    value = minimum - 1
+  if value < minimum:
+    raise ValueError(f"{name}={text!r} must be an integer >= {minimum}")
+  return value
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
