@@ -7,7 +7,9 @@ Results do not depend on the device count up to float summation order.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -40,7 +42,7 @@ def initialize_distributed() -> None:
   if env.get("JAX_COORDINATOR_ADDRESS"):
     missing = [k for k in PROCESS_ENV if not env.get(k)]
     if missing:
-      raise ValueError(f"JAX_COORDINATOR_ADDRESS is set but {', '.join(missing)} is not: a "
+      raise ValueError(f"JAX_COORDINATOR_ADDRESS is set but not {' and '.join(missing)}: a "
                        f"multi-process run needs all of {', '.join(PROCESS_ENV)}")
     count, index = _positive_int("JAX_NUM_PROCESSES", 0), _positive_int("JAX_PROCESS_ID", 0, 0)
     if index >= count:
@@ -67,6 +69,27 @@ def _positive_int(name: str, default: int, minimum: int = 1) -> int:
   if value < minimum:
     raise ValueError(f"{name}={text!r} must be an integer >= {minimum}")
   return value
+
+
+@contextlib.contextmanager
+def end_with_the_others():
+  """In a multi-process run, a JAX runtime error (a collective whose peer died or left)
+  ends this process at once with one `error:` line and status 1, rather than a traceback
+  and then waiting in JAX's shutdown barrier for a process that is gone. A process that
+  dies silently is noticed by the others within SDARTS_HEARTBEAT_TIMEOUT_S, when JAX ends
+  them with its own message ("Terminating process because the JAX distributed service
+  detected fatal errors")."""
+  try:
+    yield
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() == 1:
+      raise
+    cause = str(e).strip().splitlines()[0][:300]
+    print(f"error: process {jax.process_index()} of {jax.process_count()} stops: a collective "
+          f"operation failed, most likely because another process of this run died or was "
+          f"stopped (see its log). All processes must be restarted together; the run resumes "
+          f"from its last checkpoint. JAX: {cause}", file=sys.stderr, flush=True)
+    os._exit(1)
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
