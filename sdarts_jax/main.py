@@ -41,18 +41,23 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
   del argv
   from sdarts_jax import parallel
-  parallel.initialize_distributed()
+  try:
+    parallel.initialize_distributed()
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   from sdarts_jax import run, search  # after distributed init: importing JAX modules is fine,
   config = flags.FLAGS.config     # touching devices is not
   run.quiet_libraries()
-  if config.mode == "search":
-    run.as_command(search.train_and_evaluate, config, flags.FLAGS.workdir)
-  elif config.mode == "train":
-    from sdarts_jax.evaluation import train
-    run.as_command(train.train_and_evaluate, config, flags.FLAGS.workdir)
-  else:
-    print(f"error: unknown config.mode {config.mode!r}; known: search, train", file=sys.stderr)
-    sys.exit(2)
+  with parallel.end_with_the_others():
+    if config.mode == "search":
+      run.as_command(search.train_and_evaluate, config, flags.FLAGS.workdir)
+    elif config.mode == "train":
+      from sdarts_jax.evaluation import train
+      run.as_command(train.train_and_evaluate, config, flags.FLAGS.workdir)
+    else:
+      print(f"error: unknown config.mode {config.mode!r}; known: search, train", file=sys.stderr)
+      sys.exit(2)
 
 
 if __name__ == "__main__":
