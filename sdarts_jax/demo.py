@@ -61,7 +61,7 @@ def choose_data(config, given: str, fallback: str, url: str, checksums: dict[str
     print(f"data: {fallback} (CIFAR-10 is not prepared for TFDS)")
     return fallback
   print("data: CIFAR-10 is not prepared for TFDS and there is no folder "
-        f"{fallback or '(no --fallback)'}; fetching CIFAR-10's python archive")
+        f"{fallback or '(no --fallback)'}; using CIFAR-10's python archive from {url}")
   return str(download.cifar10(url, checksums))
 
 

@@ -102,7 +102,7 @@ def fetch(url: str, path: pathlib.Path, say: Callable[[str], None]) -> dict[str,
   try:
     with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response, open(path, "wb") as out:
       size = int(response.headers.get("Content-Length") or 0)
-      say(f"downloading CIFAR-10 from {url}" + (f" ({size / MIB:.0f} MiB)" if size else ""))
+      say(f"downloading CIFAR-10 from {url}" + (f" ({size / MIB:.1f} MiB)" if size else ""))
       done, shown = 0, 0
       while chunk := response.read(CHUNK_BYTES):
         out.write(chunk)
@@ -112,7 +112,7 @@ def fetch(url: str, path: pathlib.Path, say: Callable[[str], None]) -> dict[str,
         step = done * PROGRESS_STEPS // size if size else done // (16 * MIB)
         if step > shown:
           shown = step
-          say(f"  {done / MIB:.0f}" + (f" of {size / MIB:.0f} MiB ({100 * done // size}%)"
+          say(f"  {done / MIB:.1f}" + (f" of {size / MIB:.1f} MiB ({100 * done // size}%)"
                                         if size else " MiB"))
   except (urllib.error.URLError, OSError, ValueError) as e:
     reason = e if isinstance(e, urllib.error.HTTPError) else getattr(e, "reason", e)
