@@ -46,13 +46,15 @@ def archive_bytes(batches: dict[str, dict]) -> bytes:
 
 BATCHES = {**{f"data_batch_{i}": batch(i) for i in range(1, 6)}, "test_batch": batch(0),
            "batches.meta": {b"label_names": [b"c%d" % i for i in range(10)]}}
+ARCHIVE = archive_bytes(BATCHES)  # once: gzip stamps the time
+CHECKSUMS = {"sha256": hashlib.sha256(ARCHIVE).hexdigest()}
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
   """(base url, requests list): a local HTTP server holding good.tar.gz, the archive above."""
   root = tmp_path_factory.mktemp("www")
-  (root / "good.tar.gz").write_bytes(archive_bytes(BATCHES))
+  (root / "good.tar.gz").write_bytes(ARCHIVE)
   requests = []
 
   class Handler(http.server.SimpleHTTPRequestHandler):
@@ -66,13 +68,9 @@ def server(tmp_path_factory):
   httpd.shutdown()
 
 
-def sha256(payload: bytes) -> dict[str, str]:
-  return {"sha256": hashlib.sha256(payload).hexdigest()}
-
-
 def test_downloads_verifies_caches_and_loads(server, tmp_path):
   base, requests = server
-  url, checksums = f"{base}/good.tar.gz", sha256(archive_bytes(BATCHES))
+  url, checksums = f"{base}/good.tar.gz", CHECKSUMS
   said, before = [], len(requests)
   folder = download.cifar10(url, checksums, tmp_path, said.append)
   assert requests[before:] == ["/good.tar.gz"]
@@ -100,7 +98,7 @@ def test_demo_takes_data_in_order_and_downloads_last(server, tmp_path, monkeypat
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
   config = ml_collections.ConfigDict({"data": dict(
       name="cifar10", folder="", tfds_data_dir=str(tmp_path / "tfds"), max_examples=0)})
-  url, checksums = f"{base}/good.tar.gz", sha256(archive_bytes(BATCHES))
+  url, checksums = f"{base}/good.tar.gz", CHECKSUMS
   choose = lambda given, fallback: demo.choose_data(config, given, fallback, url, checksums)
   before = len(requests)
   assert choose("given", str(tmp_path)) == "given"
