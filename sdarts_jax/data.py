@@ -274,8 +274,9 @@ def _cifar_batch(path: pathlib.Path, folder: str) -> tuple[np.ndarray, np.ndarra
 
 class _ArrayUnpickler(pickle.Unpickler):
   """Unpickles dicts, lists, bytes, numbers and numpy arrays, nothing that runs code."""
-  _ALLOWED = {("numpy.core.multiarray", "_reconstruct"): np.zeros(0).__reduce__()[0],
-              ("numpy._core.multiarray", "_reconstruct"): np.zeros(0).__reduce__()[0],
+  _RECONSTRUCT = np.zeros(0).__reduce__()[0]  # numpy's array constructor, both module names
+  _ALLOWED = {("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+              ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
               ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
 
   def find_class(self, module, name):

@@ -18,12 +18,13 @@ import urllib.error
 import urllib.request
 from typing import Callable
 
+from sdarts_jax import data
+
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 # The archive's published md5 and its sha256; both are checked.
 CIFAR10_CHECKSUMS = {"md5": "c58f30108f718f92721af3b95e74349a",
                      "sha256": "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"}
 BATCHES_DIR = "cifar-10-batches-py"
-BATCH_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 TIMEOUT_S = 30
 CHUNK_BYTES = 1 << 20
 PROGRESS_STEPS = 10  # a progress line every 10% (every 16 MiB when the size is unknown)
@@ -140,7 +141,8 @@ def unpack(archive: pathlib.Path, into: pathlib.Path, url: str) -> pathlib.Path:
   except (tarfile.TarError, OSError, EOFError) as e:
     raise DownloadError(f"the archive from {url} cannot be unpacked ({e})") from None
   folder = into / BATCHES_DIR
-  missing = [name for name in BATCH_FILES if not (folder / name).is_file()]
+  missing = [name for split in data.CIFAR_BATCHES.values() for name in split
+             if not (folder / name).is_file()]
   if missing:
     raise DownloadError(f"the archive from {url} is not CIFAR-10's python version: "
                         f"{BATCHES_DIR}/ lacks {', '.join(missing)}")

@@ -48,13 +48,16 @@ BATCHES = {**{f"data_batch_{i}": batch(i) for i in range(1, 6)}, "test_batch": b
            "batches.meta": {b"label_names": [b"c%d" % i for i in range(10)]}}
 ARCHIVE = archive_bytes(BATCHES)  # once: gzip stamps the time
 CHECKSUMS = {"sha256": hashlib.sha256(ARCHIVE).hexdigest()}
+PARTIAL = archive_bytes({"data_batch_1": BATCHES["data_batch_1"]})
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-  """(base url, requests list): a local HTTP server holding good.tar.gz, the archive above."""
+  """(base url, requests list): a local HTTP server holding good.tar.gz (ARCHIVE) and
+  partial.tar.gz (PARTIAL)."""
   root = tmp_path_factory.mktemp("www")
   (root / "good.tar.gz").write_bytes(ARCHIVE)
+  (root / "partial.tar.gz").write_bytes(PARTIAL)
   requests = []
 
   class Handler(http.server.SimpleHTTPRequestHandler):
@@ -125,6 +128,29 @@ def test_missing_file_and_unwritable_cache_are_download_errors(server, tmp_path)
   (tmp_path / "file").write_text("")
   with pytest.raises(download.DownloadError, match="cannot write the cache folder .*XDG_CACHE_HOME"):
     download.cifar10(f"{base}/good.tar.gz", {"md5": "0"}, tmp_path / "file", lambda _: None)
+
+
+def test_archive_without_every_batch_is_rejected(server, tmp_path):
+  base, _ = server
+  with pytest.raises(download.DownloadError, match="not CIFAR-10's python version: "
+                                                   "cifar-10-batches-py/ lacks data_batch_2"):
+    download.cifar10(f"{base}/partial.tar.gz", {"sha256": hashlib.sha256(PARTIAL).hexdigest()},
+                     tmp_path, lambda _: None)
+  assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+class RunsCode:
+  def __reduce__(self):
+    return os.system, ("touch ran",)
+
+
+def test_batch_file_cannot_run_code(tmp_path):
+  for name in BATCHES:
+    (tmp_path / name).write_bytes(pickle.dumps({b"data": RunsCode(), b"labels": []}))
+  cfg = ml_collections.ConfigDict(dict(folder=str(tmp_path), name="cifar10", max_examples=0))
+  with pytest.raises(data.DataError, match=r"data_batch_1 \(.*system is not part of a CIFAR batch"):
+    data.load(cfg, "train")
+  assert not (pathlib.Path.cwd() / "ran").exists() and not (tmp_path / "ran").exists()
 
 
 def test_demo_without_data_or_network_says_what_to_do(tmp_path):
