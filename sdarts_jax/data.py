@@ -49,6 +49,7 @@ FOLDER_LAYOUT = ("{train,test}/<class name>/*.jpg (or .jpeg, .png), or CIFAR-10'
                  "batches (data_batch_1..5, test_batch)")
 CIFAR_BATCHES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
 CIFAR_SHAPE = (3, 32, 32)  # one row of b"data": channels, height, width
+CIFAR_CLASSES = 10  # when batches.meta, which names them, is missing
 
 
 class DataError(ValueError):
@@ -246,7 +247,7 @@ def _read_cifar_batches(folder: str, split: str):
   """Read CIFAR-10's python batch files of `split` from `folder`, in file order.
 
   Returns images [N, 32, 32, 3] uint8, labels [N] int32, num_classes (the length of
-  batches.meta's label_names, 10 without that file).
+  batches.meta's label_names, CIFAR_CLASSES without that file).
   """
   root = pathlib.Path(folder).expanduser()
   missing = [name for name in CIFAR_BATCHES[split] if not (root / name).is_file()]
@@ -257,7 +258,8 @@ def _read_cifar_batches(folder: str, split: str):
   images = np.concatenate([b[0] for b in batches])
   labels = np.concatenate([b[1] for b in batches])
   meta = root / "batches.meta"
-  num_classes = len(_unpickle(meta, folder)[b"label_names"]) if meta.is_file() else 10
+  num_classes = (len(_unpickle(meta, folder)[b"label_names"]) if meta.is_file()
+                 else CIFAR_CLASSES)
   return images, labels, num_classes
 
 

@@ -3,7 +3,7 @@ once in the middle of an epoch, resumes to the same final state, bit for bit, as
 was never interrupted.
 
 The processes share a persistent compilation cache, so only the first one compiles; the
-method is DARTS, whose step compiles in half the time of SDARTS-ADV's and draws random
+method is DARTS, whose step compiles in about half the time of SDARTS-ADV's and draws random
 numbers from the step count as they do (data augmentation).
 """
 import os
