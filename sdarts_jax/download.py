@@ -87,7 +87,8 @@ def cifar10(url: str = CIFAR10_URL, checksums: dict[str, str] | None = None,
     digests = fetch(url, archive, say)
     verify(digests, checksums, url)
     say(f"checksum verified ({', '.join(sorted(checksums))}); unpacking to {target}")
-    unpacked = unpack(archive, pathlib.Path(scratch) / "unpacked", url)
+    unpacked = pathlib.Path(scratch) / BATCHES_DIR
+    unpack(archive, unpacked, url)
     try:
       os.rename(unpacked, target)
     except OSError:
@@ -132,18 +133,21 @@ def verify(digests: dict[str, str], checksums: dict[str, str], url: str) -> None
                         "checksum (make demo DEMO_URL=... DEMO_CHECKSUMS=sha256:...)")
 
 
-def unpack(archive: pathlib.Path, into: pathlib.Path, url: str) -> pathlib.Path:
-  """Extract the tar.gz `archive` into `into` (no links or paths outside it); returns its
-  cifar-10-batches-py folder, which must hold every batch file."""
+def unpack(archive: pathlib.Path, into: pathlib.Path, url: str) -> None:
+  """Copy cifar-10-batches-py's batch files, and batches.meta when present, out of the
+  tar.gz `archive` into the new folder `into`; nothing else is extracted (no links, no
+  other paths). DownloadError when a batch file is missing."""
+  batch_files = [name for split in data.CIFAR_BATCHES.values() for name in split]
   try:
     with tarfile.open(archive, "r:gz") as tar:
-      tar.extractall(into, filter="data")
+      files = {m.name: m for m in tar.getmembers() if m.isfile()}
+      missing = [name for name in batch_files if f"{BATCHES_DIR}/{name}" not in files]
+      if missing:
+        raise DownloadError(f"the archive from {url} is not CIFAR-10's python version: "
+                            f"{BATCHES_DIR}/ lacks {', '.join(missing)}")
+      into.mkdir()
+      for name in [*batch_files, "batches.meta"]:
+        if f"{BATCHES_DIR}/{name}" in files:
+          (into / name).write_bytes(tar.extractfile(files[f"{BATCHES_DIR}/{name}"]).read())
   except (tarfile.TarError, OSError, EOFError) as e:
     raise DownloadError(f"the archive from {url} cannot be unpacked ({e})") from None
-  folder = into / BATCHES_DIR
-  missing = [name for split in data.CIFAR_BATCHES.values() for name in split
-             if not (folder / name).is_file()]
-  if missing:
-    raise DownloadError(f"the archive from {url} is not CIFAR-10's python version: "
-                        f"{BATCHES_DIR}/ lacks {', '.join(missing)}")
-  return folder
