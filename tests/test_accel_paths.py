@@ -1,13 +1,7 @@
 """The GPU/TPU code paths, run on CPU: grouped depthwise convolutions equal the fused CPU
 path for every op and for a whole search step; compiled Lanczos loops (on a mesh, as the
-search runs them on accelerators) equal the host-driven ones; a resumed run in a fresh
-process compiles nothing that a fresh start does not."""
-import json
-import os
-import pathlib
-import subprocess
-import sys
-import textwrap
+search runs them on accelerators) equal the host-driven ones. (A resume compiling nothing
+new is in test_compiles.py.)"""
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +11,6 @@ import pytest
 from conftest import tiny_config
 from sdarts_jax import data, hessian, ops, parallel, search, step
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 KEY = jax.random.PRNGKey(0)
 CONV_OPS = ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5", "nor_conv_1x1",
             "nor_conv_3x3")
@@ -104,51 +97,3 @@ def test_compiled_lanczos_on_a_mesh_equals_host_driven():
   assert got["eigenvalues"].shape == (3,)
   _close(got["eigenvalues"], want["eigenvalues"], rtol=1e-4, atol=1e-5)
   assert float(got["lambda_max"]) > 0
-
-
-# A search in a fresh process that reports the compile requests its steps made (JAX's
-# compile events; a persistent-cache hit still counts as a request, so this measures what
-# the program asks XLA for, not what the cache holds).
-_COUNT = textwrap.dedent("""
-    import collections, json, sys
-    sys.path.insert(0, sys.argv[1])
-    from conftest import tiny_config, sigterm_after  # sets XLA_FLAGS: first
-    import jax
-    from sdarts_jax import run, search
-    counts = collections.Counter()
-    jax.monitoring.register_event_duration_secs_listener(
-        lambda name, secs, **kw: counts.update([name]))
-    if sys.argv[3] != "0":
-      run.on_sigterm = sigterm_after(int(sys.argv[3]))
-    config = tiny_config("darts", epochs=2, compilation_cache=sys.argv[4],
-                         **{"data.synthetic_examples": 32})  # 2 steps per epoch
-    try:
-      search.train_and_evaluate(config, sys.argv[2])
-    except run.Preempted:
-      pass
-    print(json.dumps(counts["/jax/core/compile/backend_compile_duration"]))
-    """)
-
-
-def _compiles(workdir, stop_after: int) -> int:
-  """Compile requests of a search in a new process (stopped by a simulated SIGTERM after
-  `stop_after` steps unless 0); a persistent cache next to workdir keeps the second fast."""
-  out = subprocess.run([sys.executable, "-c", _COUNT, str(ROOT / "tests"), str(workdir),
-                        str(stop_after), str(workdir.parent / "xla")], cwd=ROOT, capture_output=True, text=True,
-                       timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
-  assert out.returncode == 0, out.stderr[-3000:]
-  return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def test_resume_in_a_fresh_process_compiles_no_more_than_a_fresh_start(tmp_path):
-  """A fresh start stopped by a simulated SIGTERM after 3 of 4 steps (past the first
-  epoch's end, by which everything is compiled: see test_compiles.py), then resumed in a
-  new process through the second epoch's end: the resumed process requests no more
-  compilations than the fresh start did (restoring the checkpoint adds no programs and
-  changes no shapes or shardings)."""
-  fresh = _compiles(tmp_path / "run", 3)
-  resumed = _compiles(tmp_path / "run", 0)
-  assert fresh > 0 and resumed <= fresh, (fresh, resumed)
-  records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-  assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4]
-  assert [r["step"] for r in records if r["kind"] == "epoch"] == [2, 4]

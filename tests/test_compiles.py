@@ -1,5 +1,12 @@
-"""Compilation counts: the steps and epoch boundaries after the first epoch compile nothing."""
+"""Compilation counts: the steps and epoch boundaries after the first epoch compile nothing,
+and a resumed run in a fresh process compiles nothing that a fresh start does not."""
 import collections
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
 
 import jax
 
@@ -7,6 +14,7 @@ from conftest import tiny_config
 from sdarts_jax import run, search
 
 COMPILE = "/jax/core/compile/backend_compile_duration"  # every compile request (hit or miss)
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_steps_and_epoch_ends_compile_nothing_new(tmp_path, monkeypatch):
@@ -28,3 +36,53 @@ def test_steps_and_epoch_ends_compile_nothing_new(tmp_path, monkeypatch):
   # Everything is compiled by the end of the first epoch (step, evaluation, epoch-end
   # helpers); the steps of epochs 2 and 3 and the end of epoch 2 compile nothing.
   assert per_step[0] > 0 and per_step[-1] == per_step[4], per_step
+
+
+# A search in a fresh process that reports the compile requests its steps made (JAX's
+# compile events; a persistent-cache hit still counts as a request, so this measures what
+# the program asks XLA for, not what the cache holds).
+_COUNT = textwrap.dedent("""
+    import collections, json, sys
+    sys.path.insert(0, sys.argv[1])
+    from conftest import tiny_config, sigterm_after  # sets XLA_FLAGS: first
+    import jax
+    from sdarts_jax import run, search
+    counts = collections.Counter()
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda name, secs, **kw: counts.update([name]))
+    if sys.argv[3] != "0":
+      run.on_sigterm = sigterm_after(int(sys.argv[3]))
+    config = tiny_config("darts", epochs=2, compilation_cache=sys.argv[4],
+                         **{"data.synthetic_examples": 32})  # 2 steps per epoch
+    try:
+      search.train_and_evaluate(config, sys.argv[2])
+    except run.Preempted:
+      pass
+    print(json.dumps(counts[sys.argv[5]]))
+    """)
+
+
+def _compiles(workdir, stop_after: int) -> int:
+  """Compile requests of a search in a new process (stopped by a simulated SIGTERM after
+  `stop_after` steps unless 0); a persistent cache next to workdir keeps the second fast."""
+  out = subprocess.run([sys.executable, "-c", _COUNT, str(ROOT / "tests"), str(workdir),
+                        str(stop_after), str(workdir.parent / "xla"), COMPILE], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_resume_in_a_fresh_process_compiles_no_more_than_a_fresh_start(tmp_path):
+  """A fresh start stopped by a simulated SIGTERM after 3 of 4 steps (past the first
+  epoch's end, by which everything is compiled: see the test above), then resumed in a
+  new process through the second epoch's end: the resumed process requests no more
+  compilations than the fresh start did (restoring the checkpoint adds no programs and
+  changes no shapes or shardings)."""
+  fresh = _compiles(tmp_path / "run", 3)
+  resumed = _compiles(tmp_path / "run", 0)
+  assert fresh > 0 and resumed <= fresh, (fresh, resumed)
+  metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+  records = [json.loads(line) for line in metrics]
+  assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4]
+  assert [r["step"] for r in records if r["kind"] == "epoch"] == [2, 4]
