@@ -1,0 +1,215 @@
+"""Multi-process data parallelism on CPU: 2 processes x 2 devices joined by jax.distributed
+over loopback (gloo collectives) against 1 process x 4 devices.
+
+Each process runs `python -m sdarts_jax.main` (through a driver that can simulate SIGTERM
+after a number of steps, identically in every process). Checked: the search preempted and
+resumed in the 2-process setting ends where the uninterrupted 1-process search ends (alpha
+within 1e-5, the same genotypes); only process 0 writes metrics, genotypes and TensorBoard;
+each process places only its own rows of every global batch; checkpoints are written once;
+a process that dies ends the other with an error, not a hang.
+"""
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from sdarts_jax import checkpoint, genotype, search, step
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# The search: tiny_config's model and data, 2 epochs of 2 steps, no evaluation pass.
+OVERRIDES = {"method": "darts", "space": "s3", "epochs": 2, "model.layers": 1,
+             "model.channels": 4, "perturb.steps": 2, "data.name": "synthetic", "data.image_size": 8,
+             "data.synthetic_examples": 32, "data.batch_size": 8, "log_every_steps": 1,
+             "eval_every_epochs": 0, "compilation_cache": ""}
+STEPS = 4
+
+# A process of the run: sdarts_jax.main, with SIGTERM simulated after TEST_STOP_AFTER steps
+# (the same step in every process, as a preemption agreed between them would give), and
+# the rows of every global batch it places recorded in TEST_ROWS_LOG.
+DRIVER = textwrap.dedent("""
+    import os, sys
+    sys.path.insert(0, os.environ["TEST_DIR"])
+    import jax
+    from absl import app
+    from sdarts_jax import data, main, run
+    if os.environ.get("TEST_STOP_AFTER"):
+      from conftest import sigterm_after
+      run.on_sigterm = sigterm_after(int(os.environ["TEST_STOP_AFTER"]))
+    place = jax.make_array_from_callback
+    def recorded(shape, sharding, callback, *args, **kwargs):
+      def cb(index):
+        if len(shape) == 4 and index[0].start is not None:  # sharded images [rows, H, W, 3]
+          with open(os.environ["TEST_ROWS_LOG"], "a") as f:
+            f.write(f"{jax.process_index()} {index[0].start} {index[0].stop}\\n")
+        return callback(index)
+      return place(shape, sharding, cb, *args, **kwargs)
+    data.jax.make_array_from_callback = recorded
+    app.run(main.main, flags_parser=main.parse_flags)
+    """)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def start(workdir, processes: int, devices: int, stop_after: int = 0, env=None):
+  """Start the run's processes; returns [(Popen, path of its output)]."""
+  port = _free_port()
+  flags = ["--config=configs/cifar10_darts.py", f"--workdir={workdir}"] + [
+      f"--config.{k}={v}" for k, v in OVERRIDES.items() if k != "method"]
+  procs = []
+  for i in range(processes):
+    e = {**os.environ, "JAX_PLATFORMS": "cpu", "TEST_DIR": str(ROOT / "tests"),
+         "TEST_ROWS_LOG": str(workdir.parent / f"rows_{workdir.name}.txt"),
+         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} "
+                      "--xla_backend_optimization_level=0", **(env or {})}
+    if stop_after:
+      e["TEST_STOP_AFTER"] = str(stop_after)
+    if processes > 1:
+      e.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes),
+               JAX_PROCESS_ID=str(i))
+    out = workdir.parent / f"output_{workdir.name}_{i}.txt"
+    with open(out, "w") as f:
+      procs.append((subprocess.Popen([sys.executable, "-c", DRIVER, *flags], cwd=ROOT, env=e,
+                                     stdout=f, stderr=subprocess.STDOUT), out))
+  return procs
+
+
+def finish(procs, timeout: float = 400) -> list[int]:
+  """Wait for every process (killing all of them past `timeout`); their exit statuses."""
+  deadline = time.time() + timeout
+  codes = []
+  try:
+    for p, _ in procs:
+      codes.append(p.wait(timeout=max(1, deadline - time.time())))
+  finally:
+    for p, _ in procs:
+      if p.poll() is None:
+        p.kill()
+  return codes
+
+
+def final_state(workdir, config) -> tuple[int, dict]:
+  """(step, state) of the newest checkpoint, restored onto this process's first device
+  (a checkpoint written by several processes needs a target with shardings)."""
+  model = search.build_model(config, 10)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+                          jax.eval_shape(lambda: search.init_state(model, config, (8, 8, 3), 2)))
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), 2)
+  try:
+    step_count = ckpt.latest_step()
+    return step_count, ckpt.restore(step_count, abstract)[0]
+  finally:
+    ckpt.close()
+
+
+def outputs(procs) -> list[str]:
+  return [pathlib.Path(out).read_text() for _, out in procs]
+
+
+def test_two_processes_equal_one_and_resume(tmp_path):
+  # Reference: one process, 4 devices (this one), uninterrupted.
+  config = tiny_config("darts", **{k: v for k, v in OVERRIDES.items() if k != "method"})
+  search.train_and_evaluate(config, str(tmp_path / "one"))
+
+  # 2 processes x 2 devices: preempted after step 3 (mid-epoch 2), then resumed.
+  work = tmp_path / "two"
+  work.mkdir()
+  procs = start(work, 2, 2, stop_after=3)
+  assert finish(procs) == [143, 143], outputs(procs)
+  assert "saved step 3" in outputs(procs)[0]
+  procs = start(work, 2, 2)
+  assert finish(procs) == [0, 0], outputs(procs)
+  text = outputs(procs)
+  assert "resumed from step 3" in text[0] and "resumed from step 3" not in text[1]
+  assert "epoch 2/2" in text[0] and "epoch 2/2" not in text[1]
+
+  check_outputs(tmp_path, config)
+
+
+def check_outputs(tmp_path, config):
+  """The 2-process run in tmp_path/two against the 1-process run in tmp_path/one."""
+  work = tmp_path / "two"
+  # Same configuration, same result (alpha within 1e-5, the same genotypes).
+  saved = [json.loads((tmp_path / d / "config.json").read_text()) for d in ("one", "two")]
+  assert saved[0] == saved[1]
+  (s1, a), (s2, b) = final_state(tmp_path / "one", config), final_state(work, config)
+  assert s1 == s2 == STEPS
+  for cell in a["alpha"]:
+    np.testing.assert_allclose(b["alpha"][cell], a["alpha"][cell], rtol=0, atol=1e-5)
+  model = search.build_model(config, 10)
+  init = jax.jit(lambda: search.init_state(model, config, (8, 8, 3), 2))()
+  moved = max(float(np.abs(b["alpha"][c] - init["alpha"][c]).max()) for c in init["alpha"])
+  assert moved > 1e-4, moved  # 1e-5 is a tight tolerance for what the steps changed
+  for name in ("genotype.json", "genotypes/epoch_001.json", "genotypes/epoch_002.json"):
+    assert genotype.load(str(work / name)) == genotype.load(str(tmp_path / "one" / name))
+  A = {t: np.asarray(v) for t, v in jax.device_get(step.mixing_weights(b["alpha"])).items()}
+  assert genotype.derive(A, model.space) == genotype.load(str(work / "genotype.json"))
+
+  # Only process 0 writes: each record once, one TensorBoard file per launch, the
+  # metrics equal to the 1-process run's (the mixing weights A within 1e-5). The epoch
+  # means of the resumed epoch 2 are left out: after a mid-epoch resume they average only
+  # the steps since the resume (divided by all the epoch's steps), in one process as in two.
+  def records(d):
+    return [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
+  two, one = records(work), records(tmp_path / "one")
+  assert [(r["kind"], r["step"]) for r in two] == [(r["kind"], r["step"]) for r in one]
+  for r2, r1 in zip(two, one):
+    assert r2.get("genotype") == r1.get("genotype")
+    for cell in r1.get("A", {}):
+      np.testing.assert_allclose(r2["A"][cell], r1["A"][cell], rtol=0, atol=1e-5)
+    if r1["kind"] == "epoch" and r1["step"] == STEPS:
+      continue
+    for k, v in r1.items():
+      if isinstance(v, float) and k != "seconds":
+        assert abs(r2[k] - v) <= 1e-4 * max(1.0, abs(v)), (k, r2[k], v)
+  assert len(list((work / "tensorboard").glob("events.out.tfevents.*"))) == 2
+  assert sorted(p.name for p in (work / "genotypes").iterdir()) == ["epoch_001.json",
+                                                                    "epoch_002.json"]
+  # Checkpoints written once: the newest two steps, each one folder, nothing half-written.
+  assert sorted(p.name for p in (work / "checkpoints").iterdir()) == ["3", "4"]
+
+  # Each process placed only its own rows (process p: rows [4p, 4p + 4) of the 8), for
+  # every batch of every step (train and val images), in both launches.
+  rows = [tuple(map(int, l.split())) for l in (tmp_path / "rows_two.txt").read_text().split("\n")
+          if l]
+  assert {(p, lo // 2 // 2, hi - lo) for p, lo, hi in rows} == {(0, 0, 2), (1, 1, 2)}
+  per_process = [sum(1 for r in rows if r[0] == p) for p in (0, 1)]
+  # 2 devices x 2 image batches (train, val) x 5 global batches: steps 1-4 in the first
+  # launch (the next batch is placed while a step runs), step 4 again in the second.
+  assert per_process[0] == per_process[1] == 2 * 2 * 5
+
+
+def test_a_process_that_dies_ends_the_other(tmp_path):
+  work = tmp_path / "run"
+  work.mkdir()
+  procs = start(work, 2, 2, env={"SDARTS_HEARTBEAT_TIMEOUT_S": "10"})
+  (p0, out0), (p1, _) = procs
+  try:
+    deadline = time.time() + 300
+    while "compiling the step" not in pathlib.Path(out0).read_text():
+      assert p0.poll() is None and p1.poll() is None, outputs(procs)
+      assert time.time() < deadline, "the run did not start"
+      time.sleep(0.2)
+    p1.send_signal(signal.SIGKILL)
+    t = time.time()
+    code = p0.wait(timeout=120)
+    waited = time.time() - t
+  finally:
+    finish(procs, 1)
+  text = pathlib.Path(out0).read_text()
+  assert code != 0 and waited < 90, (code, waited)
+  assert ("another process of this run died" in text or "another task died" in text), text[-3000:]
