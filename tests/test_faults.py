@@ -16,6 +16,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from conftest import final_state
 
@@ -57,8 +58,7 @@ class Search:
 
   def steps_done(self) -> list[int]:
     """The steps whose progress line the run printed ("step 19/32 | ...")."""
-    return [int(line.split()[1].split("/")[0]) for line in self.output().splitlines()
-            if line.startswith("step ")]
+    return [int(step) for step in re.findall(r"^step (\d+)/", self.output(), re.M)]
 
   def kill_when(self, condition) -> None:
     """SIGKILL the process as soon as condition() holds; fails if it ends first."""
@@ -87,14 +87,30 @@ def writing(names: list[str]) -> int | None:
 LIBRARY_LOG = re.compile(r"^[IWE]\d{4} .*\.py:\d+\] |Unable to initialize backend", re.M)
 
 
-def test_sigkill_mid_save_and_mid_epoch_resumes_bit_identical(tmp_path):
-  cache = tmp_path / "xla_cache"
-  full = Search(tmp_path / "full", cache, "full").finish()
+@pytest.fixture
+def search(tmp_path):
+  """search(workdir, name) starts a Search sharing tmp_path's compilation cache; one still
+  running when the test ends (a failed test) is killed."""
+  started = []
+
+  def start(workdir: pathlib.Path, name: str) -> Search:
+    started.append(Search(workdir, tmp_path / "xla_cache", name))
+    return started[-1]
+
+  yield start
+  for run in started:
+    if run.process.poll() is None:
+      run.process.kill()
+      run.process.wait()
+
+
+def test_sigkill_mid_save_and_mid_epoch_resumes_bit_identical(tmp_path, search):
+  full = search(tmp_path / "full", "full").finish()
   assert not LIBRARY_LOG.search(full) and "Traceback" not in full, full
 
   # 1. Killed while a checkpoint after epoch 1's is being written (at step `saving`).
   killed = tmp_path / "killed"
-  run = Search(killed, cache, "run1")
+  run = search(killed, "run1")
   run.kill_when(lambda: (writing(run.checkpoints()) or 0) > STEPS_PER_EPOCH)
   names = run.checkpoints()
   saving = writing(names)
@@ -104,13 +120,13 @@ def test_sigkill_mid_save_and_mid_epoch_resumes_bit_identical(tmp_path):
 
   # 2. Resumed from the checkpoint before (the unfinished one is passed over), killed in
   # the middle of the next epoch: no save is under way then, so the kill does not race one.
-  run = Search(killed, cache, "run2")
+  run = search(killed, "run2")
   run.kill_when(lambda: max(run.steps_done(), default=0) > last)
   assert f"resumed from step {last}" in run.output()
   assert last < max(run.steps_done()) < saving and str(saving) not in run.checkpoints()
 
   # 3. Resumed from the same checkpoint again, run to the end.
-  out = Search(killed, cache, "run3").finish()
+  out = search(killed, "run3").finish()
   assert f"resumed from step {last}" in out and "Traceback" not in out
 
   (s1, a), (s2, b) = final_state(tmp_path / "full"), final_state(killed)
