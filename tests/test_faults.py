@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import final_state
+from sdarts_jax import metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 8  # 128 synthetic images, half for the weights, batch 8
@@ -134,3 +135,9 @@ def test_sigkill_mid_save_and_mid_epoch_resumes_bit_identical(tmp_path, search):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_array_equal(x, y)
   assert (killed / "genotype.json").read_text() == (tmp_path / "full" / "genotype.json").read_text()
+  # The metrics read back (a line cut by a kill is dropped) and, keeping the last record of
+  # each step, are those of the uninterrupted run.
+  for kind in ("train", "epoch"):
+    last = lambda workdir: {r["step"]: {k: v for k, v in r.items() if k != "seconds"}
+                            for r in metrics.read_records(str(workdir), kind)}
+    assert last(killed) == last(tmp_path / "full"), kind
