@@ -27,8 +27,9 @@ CIFAR10_CHECKSUMS = {"md5": "c58f30108f718f92721af3b95e74349a",
 BATCHES_DIR = "cifar-10-batches-py"
 TIMEOUT_S = 30
 CHUNK_BYTES = 1 << 20
-PROGRESS_STEPS = 10  # a progress line every 10% (every 16 MiB when the size is unknown)
 MIB = 1 << 20
+PROGRESS_STEPS = 10  # a progress line every 10%,
+PROGRESS_UNSIZED_BYTES = 16 * MIB  # or every 16 MiB when the server does not send the size
 
 
 def _say(text: str) -> None:
@@ -111,7 +112,7 @@ def fetch(url: str, path: pathlib.Path, say: Callable[[str], None]) -> dict[str,
         for d in digests.values():
           d.update(chunk)
         done += len(chunk)
-        step = done * PROGRESS_STEPS // size if size else done // (16 * MIB)
+        step = done * PROGRESS_STEPS // size if size else done // PROGRESS_UNSIZED_BYTES
         if step > shown:
           shown = step
           say(f"  {done / MIB:.1f}" + (f" of {size / MIB:.1f} MiB ({100 * done // size}%)"
