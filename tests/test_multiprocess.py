@@ -164,7 +164,7 @@ def check_outputs(tmp_path, config):
   # means of the resumed epoch 2 are left out: after a mid-epoch resume they average only
   # the steps since the resume (divided by all the epoch's steps), in one process as in two.
   def records(d):
-    return [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
   two, one = records(work), records(tmp_path / "one")
   assert [(r["kind"], r["step"]) for r in two] == [(r["kind"], r["step"]) for r in one]
   for r2, r1 in zip(two, one):
@@ -184,9 +184,10 @@ def check_outputs(tmp_path, config):
 
   # Each process placed only its own rows (process p: rows [4p, 4p + 4) of the 8), for
   # every batch of every step (train and val images), in both launches.
-  rows = [tuple(map(int, l.split())) for l in (tmp_path / "rows_two.txt").read_text().split("\n")
-          if l]
-  assert {(p, lo // 2 // 2, hi - lo) for p, lo, hi in rows} == {(0, 0, 2), (1, 1, 2)}
+  rows = [tuple(map(int, line.split()))
+          for line in (tmp_path / "rows_two.txt").read_text().splitlines()]
+  # (process, which half of the batch, rows per device)
+  assert {(p, lo // 4, hi - lo) for p, lo, hi in rows} == {(0, 0, 2), (1, 1, 2)}
   per_process = [sum(1 for r in rows if r[0] == p) for p in (0, 1)]
   # 2 devices x 2 image batches (train, val) x 5 global batches: steps 1-4 in the first
   # launch (the next batch is placed while a step runs), step 4 again in the second.
