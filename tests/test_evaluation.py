@@ -209,6 +209,53 @@ def test_learning_rate_schedules_follow_the_references():
   assert train.drop_prob_at(10 * spe, 0.2, 600, spe) == pytest.approx(0.2 * 10 / 600)
 
 
+def _smoothed_ce(logits, labels, smoothing):
+  """CrossEntropyLabelSmooth of the reference in numpy: targets (1 - s) one_hot + s / K."""
+  logits = np.asarray(logits, np.float64)
+  logp = logits - logits.max(-1, keepdims=True)
+  logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+  picked = logp[np.arange(len(labels)), labels]
+  return -np.mean((1 - smoothing) * picked + smoothing / logits.shape[-1] * logp.sum(-1))
+
+
+def test_label_smoothed_cross_entropy_by_hand():
+  logits = 3 * jax.random.normal(jax.random.PRNGKey(0), (6, 7))
+  labels = np.array([0, 3, 6, 2, 2, 5])
+  for smoothing in (0.0, 0.1):
+    np.testing.assert_allclose(train.cross_entropy(logits, labels, smoothing),
+                               _smoothed_ce(logits, labels, smoothing), rtol=1e-6)
+
+
+def test_training_loss_is_smoothed_main_plus_weighted_aux_at_the_epochs_drop_prob():
+  """The step's loss at a step of epoch 1 of 2 equals, recomputed from model.apply with
+  the drop probability drop_path * 1 / 2: CE_s(logits) + 0.4 CE_s(aux), label smoothing
+  0.1 on both (the reference's train_imagenet.py)."""
+  config = tiny_config(**{"loss.label_smoothing": 0.1, "drop_path": 0.5})
+  assert config.loss.aux_weight == 0.4
+  spe = 4
+  source = data.load(config.data, "train")
+  model = train.build_model(config, source.num_classes)
+  preprocess = lambda key, images, training: data.preprocess(
+      key, images, source.mean, source.std, False)
+  state = jax.jit(lambda: train.init_state(model, config, source.images.shape[1:], spe))()
+  state["step"] = jnp.asarray(spe, jnp.int32)  # the first step of epoch 1
+  batch = {"image": source.images[:16], "label": source.labels[:16]}
+  _, m = jax.jit(train.make_train_step(model, config, spe, preprocess))(state, batch)
+  assert float(m["drop_prob"]) == pytest.approx(0.25)
+  k_aug, k_drop = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config.seed), spe))
+  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+  forward = jax.jit(lambda drop: model.apply(variables, preprocess(k_aug, batch["image"], True),
+                                             True, drop, mutable=["batch_stats"],
+                                             rngs=network.rngs(k_drop))[0])
+  y = batch["label"]
+  losses = {}
+  for drop in (0.0, 0.25):
+    logits, aux = forward(drop)
+    losses[drop] = _smoothed_ce(logits, y, 0.1) + 0.4 * _smoothed_ce(aux, y, 0.1)
+  np.testing.assert_allclose(m["train_loss"], losses[0.25], rtol=1e-5)
+  assert abs(losses[0.25] - losses[0.0]) > 1e-3
+
+
 def test_cutout_zeroes_one_clipped_square():
   x = jnp.ones((64, 32, 32, 3))
   y = np.asarray(data.cutout_square(jax.random.PRNGKey(0), x, 16))

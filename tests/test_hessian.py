@@ -1,4 +1,5 @@
 """Exact Hessian-vector products, Lanczos, Hutchinson, and device-count invariance."""
+import dataclasses
 import functools
 
 import jax
@@ -39,7 +40,12 @@ def test_hvp_equals_dense_hessian_times_v(wrt):
     hv = jax.jit(lambda v: hessian.hvp(loss, x0, v))(v)
     h = jax.jit(jax.hessian(loss))(x0)
     np.testing.assert_allclose(hv, h @ v, rtol=1e-9, atol=1e-12)
-    assert float(jnp.abs(h - h.T).max()) < 1e-10 * float(jnp.abs(h).max())
+    # alpha's weight decay w adds w I: every eigenvalue moves by exactly w.
+    no_decay = dataclasses.replace(options, weight_decay=0.0)
+    loss0, _ = hessian.make_loss(model, no_decay, params, stats, alpha, x64, y, KEY)
+    h0 = jax.jit(jax.hessian(loss0))(x0)
+    shift = np.linalg.eigvalsh(np.asarray(h)) - np.linalg.eigvalsh(np.asarray(h0))
+    np.testing.assert_allclose(shift, 1e-3, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("host", [True, False])
@@ -61,7 +67,7 @@ def test_lanczos_and_spectrum_match_eigh(host):
                                atol=1e-12)
     out = call(*args)
     np.testing.assert_allclose(out["eigenvalues"], want[:3], rtol=1e-4)
-    assert out["lambda_max"] == out["eigenvalues"][0]
+    np.testing.assert_allclose(out["lambda_max"], want[0], rtol=1e-4)
 
 
 
@@ -90,13 +96,14 @@ def test_hutchinson_within_its_stated_error():
   assert abs(float(est) - true) < 4 * theory
 
 
-@pytest.mark.parametrize("host", [True, False])
-def test_one_and_four_devices_agree(host):
+def test_one_and_four_devices_agree():
+  """On the compiled loops, the path of multi-device (GPU/TPU) runs; the host-driven loops
+  evaluate the same sharded loss and equal them (test_lanczos_and_spectrum_match_eigh)."""
   if jax.device_count() < 4:
     pytest.skip("needs the 4 CPU devices of conftest")
   model, state, x, y = setup()
   measure = hessian.Measure(model, hessian.HessianLoss(), k=2, num_iters=15, trace_samples=8,
-                            host=host)
+                            host=False)
   results = []
   for n in (1, 4):
     mesh = parallel.make_mesh(n)

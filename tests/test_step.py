@@ -211,6 +211,16 @@ def test_schedules():
   np.testing.assert_allclose(eps, [0.03, 0.03, 0.03 + 0.27 / 50, 0.03 + 0.27 * 49 / 50])
 
 
+def test_eps_and_lr_used_across_an_epoch_boundary():
+  """The eps and lr the step reports at the last step of epoch 0 and the first of epoch 1
+  (2 epochs, eps 0.03 -> 0.3, cosine 0.025 -> 0.001 with the reference's epoch offset),
+  by hand."""
+  _, _, state, batches, _ = setup("rs")
+  for count, eps, lr in ((SPE - 1, 0.03, 0.001 + 0.012), (SPE, 0.03 + 0.27 / 2, 0.001)):
+    m = compiled_step("rs")(dict(state, step=jnp.asarray(count, jnp.int32)), batches.batch(0, 0))[1]
+    np.testing.assert_allclose([m["eps"], m["lr"]], [eps, lr], rtol=1e-6, err_msg=str(count))
+
+
 def test_one_and_four_devices_agree():
   if jax.device_count() < 4:
     pytest.skip("needs 4 devices (conftest sets XLA_FLAGS for 4 CPU devices)")
