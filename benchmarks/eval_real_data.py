@@ -24,9 +24,8 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DEFAULT_DATA = next((str(p) for p in (ROOT.parent / "shared/data/cifar10-jpeg",
-                                      pathlib.Path("/work/shared/data/cifar10-jpeg"))
-                     if p.is_dir()), "")
+DEFAULT_DATA = next((str(p) for p in (ROOT.parent / "shared/data/cifar10-jpeg",) if p.is_dir()),
+                    "")
 
 
 def main() -> None:

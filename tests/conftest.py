@@ -12,7 +12,18 @@ for _flag in ("--xla_force_host_platform_device_count=4", "--xla_backend_optimiz
   if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_flag}".strip()
 
+import pathlib  # noqa: E402
 import pytest  # noqa: E402  (after XLA_FLAGS)
+
+
+def shared_data(name: str) -> pathlib.Path | None:
+  """A folder of the workplace's shared data (cifar10-jpeg, nb201): under
+  $SDARTS_SHARED_DATA when set (`.ci/run` sets it), else ../shared/data next to the
+  repository; None when it is not there (the tests that need it are skipped)."""
+  root = os.environ.get("SDARTS_SHARED_DATA") or (
+      pathlib.Path(__file__).resolve().parents[2] / "shared" / "data")
+  folder = pathlib.Path(root) / name
+  return folder if folder.is_dir() else None
 
 
 def tiny_config(method_name="adv", **overrides):

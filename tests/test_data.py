@@ -12,21 +12,13 @@ import pytest
 import tensorflow_datasets as tfds
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from conftest import shared_data
 from sdarts_jax import data, defaults
 
 
-def _find_cifar_folder() -> pathlib.Path | None:
-  """The shared CIFAR-10 JPEG folder: ../shared/data next to the repo, or /work/shared."""
-  for root in (pathlib.Path(__file__).resolve().parents[2], pathlib.Path("/work")):
-    folder = root / "shared/data/cifar10-jpeg"
-    if folder.is_dir():
-      return folder
-  return None
-
-
-CIFAR_FOLDER = _find_cifar_folder()
+CIFAR_FOLDER = shared_data("cifar10-jpeg")
 needs_folder = pytest.mark.skipif(CIFAR_FOLDER is None,
-                                  reason="shared/data/cifar10-jpeg not found next to the repo")
+                                  reason="the shared cifar10-jpeg folder is not here")
 
 
 def config(**overrides):

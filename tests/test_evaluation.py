@@ -13,13 +13,12 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import check_exact_resume, final_state, override
+from conftest import check_exact_resume, final_state, override, shared_data
 from sdarts_jax import data, genotype, ops, parallel
 from sdarts_jax.evaluation import defaults, input_pipeline, network, report, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-JPEG = next((p for p in (ROOT.parent / "shared/data/cifar10-jpeg",
-                         pathlib.Path("/work/shared/data/cifar10-jpeg")) if p.is_dir()), None)
+JPEG = shared_data("cifar10-jpeg")
 ALL_SKIP = {"normal": [["skip_connect", 0], ["skip_connect", 1]] * 4,
             "normal_concat": [2, 3, 4, 5], "reduce": [["skip_connect", 0]] * 8,
             "reduce_concat": [2, 3, 4, 5]}

@@ -10,12 +10,11 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import check_exact_resume, tiny_config
+from conftest import check_exact_resume, shared_data, tiny_config
 from sdarts_jax import data, run, search
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-JPEG = next((p for p in (ROOT.parent / "shared/data/cifar10-jpeg",
-                         pathlib.Path("/work/shared/data/cifar10-jpeg")) if p.is_dir()), None)
+JPEG = shared_data("cifar10-jpeg")
 
 
 @pytest.fixture(scope="module", autouse=True)
