@@ -126,3 +126,75 @@ def test_slurm_example_runs_the_gpu_script_on_every_node(tmp_path):
                         "JAX_PROCESS_ID=1"]
   header = (LAUNCH / "slurm_gpu.sbatch").read_text()
   assert "#SBATCH --ntasks-per-node=1" in header
+
+
+def fake(directory: pathlib.Path, name: str, script: str) -> None:
+  path = directory / name
+  path.write_text("#!/usr/bin/env bash\n" + script)
+  path.chmod(0o755)
+
+
+def test_tpu_pod_runs_the_commands_it_prints(tmp_path):
+  """Not a dry run, from a checkout of its own (tracked, untracked, ignored and deleted
+  files): a stand-in gcloud records its calls, keeps the shipped tarball and runs the
+  remote commands through a shell (with a stand-in python), so the shipped files, the
+  quoting and the streamed, prefixed log are checked end to end."""
+  repo, bin_dir, worker = tmp_path / "repo", tmp_path / "bin", tmp_path / "worker"
+  for d in (repo / "launch", repo / ".venv", bin_dir, worker):
+    d.mkdir(parents=True)
+  (repo / "launch" / "tpu_pod.sh").write_text((LAUNCH / "tpu_pod.sh").read_text())
+  (repo / ".gitignore").write_text(".venv/\n")
+  for name in ("tracked.py", "gone.py"):
+    (repo / name).write_text(name)
+  git = lambda *a: subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c",
+                                   "user.email=t@t", *a], check=True, capture_output=True)
+  git("init", "-q")
+  git("add", ".")
+  git("commit", "-qm", "x")
+  (repo / "gone.py").unlink()
+  (repo / "untracked.txt").write_text("shipped too")
+  (repo / ".venv" / "big").write_text("not shipped")
+  fake(bin_dir, "gcloud", f"""
+echo "$*" >> {tmp_path}/calls
+for a in "$@"; do case $a in --command=*) cmd=${{a#--command=}} ;; esac; done
+if [[ $4 == scp ]]; then cp "$5" {worker}/sdarts_jax.tar.gz
+else cd {worker} && PATH={bin_dir}:$PATH bash -c "$cmd"; fi
+""")
+  fake(bin_dir, "python3", 'mkdir -p .venv/bin && printf \'#!/usr/bin/env bash\\necho "args: $*"\\n'
+       'echo "env: $SDARTS_DISTRIBUTED"\\n\' > .venv/bin/python && chmod +x .venv/bin/python\n'
+       'printf \'#!/bin/sh\\necho "pip $*" >> ../pip\\n\' > .venv/bin/pip && chmod +x .venv/bin/pip\n')
+  out = subprocess.run(["bash", str(repo / "launch" / "tpu_pod.sh"), f"--log={tmp_path}/run.log",
+                        "my-tpu", "z", "gs://b/r", "--config.arch=a b"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+  assert out.returncode == 0, out.stderr + out.stdout
+  shipped = worker / "sdarts_jax"
+  assert sorted(str(p.relative_to(shipped)) for p in shipped.rglob("*") if p.is_file()
+                and ".venv/bin" not in str(p)) == [".gitignore", "launch/tpu_pod.sh",
+                                                   "tracked.py", "untracked.txt"]
+  assert (worker / "pip").read_text() == "pip install -q -e .[tpu]\n"
+  log = (tmp_path / "run.log").read_text().splitlines()
+  host = subprocess.run(["hostname"], capture_output=True, text=True).stdout.strip()
+  assert log == [f"[{host}] args: -m sdarts_jax.main --workdir=gs://b/r "
+                 f"--config=configs/cifar10_adv.py --config.arch=a b", f"[{host}] env: auto"]
+  assert len((tmp_path / "calls").read_text().splitlines()) == 3
+
+
+def test_multihost_gpu_runs_every_host_and_reports_a_failure(tmp_path):
+  """Not a dry run: a stand-in ssh runs each remote command through a shell in a checkout
+  whose python prints its environment and arguments (host gpu-b fails)."""
+  bin_dir, checkout = tmp_path / "bin", tmp_path / "checkout"
+  (checkout / ".venv" / "bin").mkdir(parents=True)
+  bin_dir.mkdir()
+  fake(bin_dir, "ssh", 'bash -c "$4"\n')
+  fake(checkout / ".venv" / "bin", "python",
+       'echo "$JAX_PROCESS_ID/$JAX_NUM_PROCESSES@$JAX_COORDINATOR_ADDRESS: ${*: -1}"\n'
+       '[[ $JAX_PROCESS_ID != 1 ]]\n')
+  out = subprocess.run(["bash", str(LAUNCH / "multihost_gpu.sh"), "--hosts=gpu-a,gpu-b",
+                        f"--remote-dir={checkout}", "/w", "--config.arch=a b"],
+                       capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+  assert out.returncode == 1
+  lines = sorted(line for line in out.stdout.splitlines() if not line.startswith("+"))
+  assert lines == ["[gpu-a] 0/2@gpu-a:12345: --config.arch=a b",
+                   "[gpu-b] 1/2@gpu-a:12345: --config.arch=a b"]
