@@ -8,6 +8,7 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax import lax
 
@@ -119,6 +120,85 @@ def test_resnet_block_matches_a_plain_reference():
   pooled = (x[:, 0::2, 0::2] + x[:, 1::2, 0::2] + x[:, 0::2, 1::2] + x[:, 1::2, 1::2]) / 4
   np.testing.assert_allclose(got, y + pooled @ p["shortcut_kernel"][0, 0], rtol=1e-4,
                              atol=1e-5)
+
+
+GOLDEN = pathlib.Path(__file__).parent / "golden" / "nb201.npz"
+BN_NAMES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
+
+
+def _official(fixture, collection, variables, n):
+  """`variables` (a Flax collection's tree) with the official code's values from the fixture
+  (tools/golden_nb201.py): PyTorch names, OIHW kernels, one Conv2d per edge and cell."""
+  kind = "weights" if collection == "params" else "buffers"
+  hwio = lambda name: fixture[f"weights/{name}"].transpose(2, 3, 1, 0)
+  edges = spaces.NB201_CELL.edges()
+
+  def value(path, leaf):
+    keys = [k.key for k in path]
+    if keys[0] == "stem_kernel":
+      return hwio("stem.0.weight")
+    if keys[0].startswith("classifier"):
+      w = fixture[f"weights/classifier.{'weight' if keys[0].endswith('kernel') else 'bias'}"]
+      return w.T if w.ndim == 2 else w
+    if keys[0] in ("stem_bn", "last_bn"):
+      return fixture[f"{kind}/{'stem.1' if keys[0] == 'stem_bn' else 'lastact.0'}."
+                     f"{BN_NAMES[keys[-1]]}"]
+    if keys[0].startswith("reduce_"):  # official layer index of the ResNet block
+      layer = int(keys[0][-1]) * (n + 1) - 1
+      if keys[1] == "shortcut_kernel":
+        return hwio(f"cells.{layer}.downsample.1.weight")
+      if keys[-1] == "kernel":
+        return hwio(f"cells.{layer}.{keys[1]}.op.1.weight")[None]
+      return fixture[f"{kind}/cells.{layer}.{keys[1]}.op.2.{BN_NAMES[keys[-1]]}"][None]
+    stage, src, op = int(keys[0][-1]), int(keys[1].split("_")[1]), keys[2]
+    k = spaces.NB201_OPS.index(op)
+    per_cell = []
+    for layer in range(stage * (n + 1), stage * (n + 1) + n):
+      names = [f"cells.{layer}.edges.{target + 1}<-{src}.{k}.op" for s, target in edges
+               if s == src]
+      per_cell.append([hwio(f"{m}.1.weight") if keys[-1] == "kernel"
+                       else fixture[f"{kind}/{m}.2.{BN_NAMES[keys[-1]]}"] for m in names])
+    return np.asarray(per_cell)
+
+  def checked(path, leaf):
+    v = value(path, leaf)
+    assert v.shape == leaf.shape, (path, v.shape, leaf.shape)
+    return jnp.asarray(v)
+
+  return jax.tree_util.tree_map_with_path(checked, variables)
+
+
+@pytest.mark.skipif(not GOLDEN.exists(), reason="tests/golden/nb201.npz is not here")
+def test_network_matches_the_official_code():
+  """The official NAS-Bench-201 search network (C=4, N=2) with its own weights: train-mode
+  logits, the gradient w.r.t. alpha, the BatchNorm running statistics after that pass, and
+  eval-mode logits on them."""
+  f = dict(np.load(GOLDEN))
+  # JAX's own derivatives compile faster here than the fused backward pass (test_ops checks it).
+  model = supernet.NB201Supernet(SPACE, 10, 4, 2, impl="fused_autodiff")
+  x = jnp.asarray(f["x"].transpose(0, 2, 3, 1))
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, {"normal": jnp.zeros((6, 5))},
+                          False)  # (an eager init of the scanned stages takes seconds)
+  fresh = jax.tree_util.tree_map_with_path(  # BatchNorm's initial running statistics
+      lambda path, s: (jnp.zeros if path[-1].key == "mean" else jnp.ones)(s.shape),
+      shapes["batch_stats"])
+  init = {"params": shapes["params"], "batch_stats": fresh}
+  params = _official(f, "params", init["params"], 2)
+
+  def loss(alpha):
+    logits, new = model.apply({"params": params, "batch_stats": init["batch_stats"]}, x,
+                              {"normal": jax.nn.softmax(alpha)}, True, mutable=["batch_stats"])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, f["y"]).mean(), (logits, new)
+
+  (_, (logits, new)), grad = jax.jit(jax.value_and_grad(loss, has_aux=True))(f["alpha"])
+  np.testing.assert_allclose(logits, f["logits"], atol=1e-5)
+  np.testing.assert_allclose(grad, f["grad_alpha"], atol=1e-6)
+  stats = _official(f, "batch_stats", init["batch_stats"], 2)
+  for a, b in zip(jax.tree.leaves(new["batch_stats"]), jax.tree.leaves(stats)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  eval_logits = jax.jit(model.apply, static_argnums=3)(
+      {"params": params, "batch_stats": stats}, x, {"normal": jax.nn.softmax(f["alpha"])}, False)
+  np.testing.assert_allclose(eval_logits, f["eval_logits"], atol=1e-5)
 
 
 # ---------------------------------------------------------------- the cell string
