@@ -97,27 +97,33 @@ def search_config(method: str) -> ml_collections.ConfigDict:
   return c
 
 
-def dataset_name(arg: str, allowed: tuple[str, ...] = DATASETS) -> str:
+def dataset_name(arg: str) -> str:
   """The TFDS name of a dataset argument (c10, cifar10, c100, cifar100, svhn)."""
-  aliases = {"c10": "cifar10", "c100": "cifar100", "svhn": "svhn_cropped"}
-  name = aliases.get(arg, arg)
-  if name not in allowed:
-    known = ", ".join(a.replace("svhn_cropped", "svhn") for a in allowed)
-    raise ValueError(f"unknown dataset argument {arg!r}; known: {known}")
+  name = {"c10": "cifar10", "c100": "cifar100", "svhn": "svhn_cropped"}.get(arg, arg)
+  if name not in DATASETS:
+    raise ValueError(f"unknown dataset argument {arg!r}; known: cifar10, cifar100, svhn")
   return name
 
 
-def apply_search_args(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-  """Apply "space=..", "dataset=..", "smoke" (a run that finishes in under 2 minutes on CPU)."""
-  args = parse_arg(arg, ("space", "dataset", "smoke"))
+def apply_search_args(c: ml_collections.ConfigDict, arg: str | None,
+                      allowed: tuple[str, ...] = ("space", "dataset", "smoke")
+                      ) -> ml_collections.ConfigDict:
+  """Apply the arguments in `allowed` of "space=..", "method=darts|rs|adv", "dataset=..",
+  "smoke" (a run that finishes in a few minutes on CPU)."""
+  args = parse_arg(arg, allowed)
   if "space" in args:
     c.space = args["space"]
+  if "method" in args:
+    c.method = args["method"]
   if "dataset" in args:
     c.data.name = dataset_name(args["dataset"])
   if "smoke" in args:
     c.epochs = 2
     c.model.channels = 4
-    c.model.layers = 3
+    if "layers" in c.model:
+      c.model.layers = 3
+    else:
+      c.model.cells_per_stage = 1
     c.data.batch_size = 16
     c.data.max_examples = 256
     c.log_every_steps = 4
@@ -142,20 +148,3 @@ def nb201_search_config(method: str) -> ml_collections.ConfigDict:
   ))
   return c
 
-
-def apply_nb201_args(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-  """Apply "method=darts|rs|adv", "dataset=cifar10|cifar100", "smoke" (a run that finishes
-  in a few minutes on CPU)."""
-  args = parse_arg(arg, ("method", "dataset", "smoke"))
-  if "method" in args:
-    c.method = args["method"]
-  if "dataset" in args:
-    c.data.name = dataset_name(args["dataset"], ("cifar10", "cifar100"))
-  if "smoke" in args:
-    c.epochs = 2
-    c.model.channels = 4
-    c.model.cells_per_stage = 1
-    c.data.batch_size = 16
-    c.data.max_examples = 256
-    c.log_every_steps = 4
-  return c
