@@ -121,15 +121,17 @@ def outputs(procs) -> list[str]:
 
 
 def test_two_processes_equal_one_and_resume(tmp_path):
-  # Reference: one process, 4 devices (this one), uninterrupted.
-  config = tiny_config("darts", **{k: v for k, v in OVERRIDES.items() if k != "method"})
-  search.train_and_evaluate(config, str(tmp_path / "one"))
-
-  # 2 processes x 2 devices: preempted after step 3 (mid-epoch 2), then resumed.
+  # 2 processes x 2 devices: preempted after step 3 (mid-epoch 2), then resumed; while
+  # the first launch runs, the reference: one process, 4 devices (this one), uninterrupted.
   work = tmp_path / "two"
   work.mkdir()
   procs = start(work, 2, 2, stop_after=3)
-  assert finish(procs) == [143, 143], outputs(procs)
+  config = tiny_config("darts", **{k: v for k, v in OVERRIDES.items() if k != "method"})
+  try:
+    search.train_and_evaluate(config, str(tmp_path / "one"))
+  finally:
+    codes = finish(procs)
+  assert codes == [143, 143], outputs(procs)
   assert "saved step 3" in outputs(procs)[0]
   procs = start(work, 2, 2)
   assert finish(procs) == [0, 0], outputs(procs)
