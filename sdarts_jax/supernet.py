@@ -47,6 +47,17 @@ def mixed_nodes(states, topology: spaces.Topology, edge_ops, weights, strides, i
   return nodes
 
 
+def classifier(module: nn.Module, x, num_classes: int):
+  """Global average pooling, then a dense layer with PyTorch's initialisation, as parameters
+  "classifier_kernel" and "classifier_bias" of `module` (call inside its compact method).
+  x [N, H, W, C] -> logits [N, num_classes]."""
+  features = jnp.mean(x, axis=(1, 2))
+  fan_in = features.shape[-1]
+  kernel = module.param("classifier_kernel", ops.torch_uniform(fan_in), (fan_in, num_classes))
+  bias = module.param("classifier_bias", ops.torch_uniform(fan_in), (num_classes,))
+  return features @ kernel + bias
+
+
 class Cell(nn.Module):
   """A DARTS cell: preprocess the two inputs to C channels, then 4 nodes, each the sum of
   the mixed ops on its incoming edges; output the channel concatenation of the nodes.
@@ -122,12 +133,7 @@ class Supernet(nn.Module):
                   self.bn_momentum, name=f"cell_{i}")
       s0, s1 = s1, cell(s0, s1, A[cell_type], train, need)
       reduction_prev = reduction
-    features = jnp.mean(s1, axis=(1, 2))
-    fan_in = features.shape[-1]
-    kernel = self.param("classifier_kernel", ops.torch_uniform(fan_in),
-                        (fan_in, self.num_classes))
-    bias = self.param("classifier_bias", ops.torch_uniform(fan_in), (self.num_classes,))
-    return features @ kernel + bias
+    return classifier(self, s1, self.num_classes)
 
 
 # ---------------------------------------------------------------- NAS-Bench-201
@@ -219,9 +225,4 @@ class NB201Supernet(nn.Module):
                         name=f"stage_{i}")
       x, _ = stage(cells, x, A["normal"], train, need)
     x = nn.relu(ops.BatchNorm(affine=True, momentum=self.bn_momentum, name="last_bn")(x, train))
-    features = jnp.mean(x, axis=(1, 2))
-    fan_in = features.shape[-1]
-    kernel = self.param("classifier_kernel", ops.torch_uniform(fan_in),
-                        (fan_in, self.num_classes))
-    bias = self.param("classifier_bias", ops.torch_uniform(fan_in), (self.num_classes,))
-    return features @ kernel + bias
+    return classifier(self, x, self.num_classes)
