@@ -131,7 +131,15 @@ def check_finite(values: dict[str, float], step: int, ckpt, workdir: str) -> Non
 
 
 def enable_compilation_cache(directory: str) -> None:
-  """JAX's persistent compilation cache: a rerun or resumed run does not compile again."""
+  """JAX's persistent compilation cache: a rerun or resumed run does not compile again.
+
+  Off for multi-process CPU runs: with jax 0.10.2, processes that load their executables
+  from a shared cache failed their first gloo collective (a 30 s key-value timeout) in 3 of
+  3 tries, while cold runs passed."""
+  if directory and jax.process_count() > 1 and jax.default_backend() == "cpu":
+    log("the compilation cache is off for multi-process CPU runs (gloo fails on cached "
+        "executables with this JAX)")
+    return
   if directory:
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

@@ -162,7 +162,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
          f"{model.num_cells} cells, C={config.model.channels}, batch "
          f"{config.data.batch_size}, {mesh.devices.size} device(s); compiling the step...")
   record = {}
-  sums: dict[str, float] = {}
+  # Sums of the current epoch's step metrics; a preempted run saves them with its
+  # mid-epoch checkpoint, so the resumed epoch's means cover all of its steps.
+  sums: dict[str, float] = dict(meta.get("epoch_sums", {})) if start % spe else {}
   t_epoch = time.time()
   # Metrics stay on the devices until a log step, an epoch end or a preemption fetches them
   # (with their finite check), and the next batch is placed while the current step runs:
@@ -220,7 +222,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         ckpt.save(done, state, dict(meta, lambda_max=tracker.history))
       t_fetch = time.time()  # the progress rate counts step time alone
     if stopping:
-      run.preempt(ckpt, done, state, meta)
+      run.preempt(ckpt, done, state, dict(meta, epoch_sums=sums))
   ckpt.wait()
   ckpt.close()
   writer.close()

@@ -10,8 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import check_exact_resume, shared_data, tiny_config
-from sdarts_jax import data, run, search
+from conftest import check_exact_resume, final_state, shared_data, tiny_config
+from sdarts_jax import data, genotype, metrics, run, search, spaces
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 JPEG = shared_data("cifar10-jpeg")
@@ -37,14 +37,22 @@ def test_search_writes_outputs_and_resumes_exactly(tmp_path, monkeypatch):
   epochs = [l for l in lines if l["kind"] == "epoch"]
   assert [e["epoch"] for e in epochs] == [1, 2]
   assert set(epochs[0]["A"]) == {"normal", "reduce"} and len(epochs[0]["A"]["normal"]) == 14
-  with open(os.path.join(full, "genotype.json")) as f:
-    assert json.load(f) == epochs[-1]["genotype"]
-  assert os.path.exists(os.path.join(full, "genotypes", "epoch_001.json"))
+  alpha = final_state(full)[1]["alpha"]
+  want = genotype.derive({t: np.asarray(jax.nn.softmax(a, -1)) for t, a in alpha.items()},
+                         spaces.get_space(config.space))
+  for path in ("genotype.json", "genotypes/epoch_002.json"):
+    with open(os.path.join(full, path)) as f:
+      assert json.load(f) == want
   assert os.listdir(os.path.join(full, "tensorboard"))
 
-  # Interrupted after step 3 (mid-epoch) by a simulated SIGTERM, then resumed.
+  # Interrupted after step 3 (mid-epoch) by a simulated SIGTERM, then resumed: the same
+  # final state bit for bit, and the same epoch means (the resumed epoch's cover all of its
+  # steps, not only those after the resume).
   resumed = str(tmp_path / "resumed")
   check_exact_resume(search.train_and_evaluate, config, full, resumed, monkeypatch, steps=8)
+  means = lambda workdir: {r["epoch"]: {k: v for k, v in r.items() if k != "seconds"}
+                           for r in metrics.read_records(workdir, "epoch")}
+  assert means(resumed) == means(full)
 
   # Rerunning a finished run does nothing; a different config is refused.
   search.train_and_evaluate(config, resumed)
