@@ -14,7 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import check_exact_resume, final_state, override, shared_data
-from sdarts_jax import data, genotype, ops, parallel
+from sdarts_jax import data, genotype, metrics, ops, parallel
 from sdarts_jax.evaluation import defaults, input_pipeline, network, report, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -317,9 +317,13 @@ def test_training_writes_outputs_and_resumes_exactly(tmp_path, monkeypatch):
   assert epochs[0]["drop_prob"] == 0 and epochs[1]["drop_prob"] == pytest.approx(0.25)
   assert {"test_loss", "test_top5_accuracy", "lr"} <= set(epochs[1])
 
-  # SIGTERM after step 3 (mid-epoch), then resumed: the same final state, bit for bit.
+  # SIGTERM after step 3 (mid-epoch), then resumed: the same final state, bit for bit, and
+  # the same epoch means (the resumed epoch's cover all of its steps).
   resumed = str(tmp_path / "resumed")
   check_exact_resume(train.train_and_evaluate, config, full, resumed, monkeypatch, steps=8)
+  means = lambda workdir: {r["epoch"]: {k: v for k, v in r.items() if k != "seconds"}
+                           for r in metrics.read_records(workdir, "epoch")}
+  assert means(resumed) == means(full)
   with pytest.raises(ValueError, match="different configuration"):
     train.train_and_evaluate(tiny_config(arch="c10_s4_pcdarts", seed=3), resumed)
 

@@ -208,7 +208,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # Checkpoint.
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoints_to_keep)
-  state, _ = run.restore_or_init(ckpt, init, replicated, workdir)
+  state, meta = run.restore_or_init(ckpt, init, replicated, workdir)
 
   writer = metrics.MetricWriter(workdir)
   preempted = run.on_sigterm()
@@ -223,7 +223,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   first_epoch, first_index = divmod(start, spe)
   for epoch in range(first_epoch, config.epochs):
     offset = first_index if epoch == first_epoch else 0
-    sums, t_epoch, t_step = {}, time.time(), time.time()
+    # A preempted run saved its epoch's partial sums: the resumed epoch's means cover all
+    # of its steps.
+    sums = dict(meta.get("epoch_sums", {})) if offset else {}
+    t_epoch, t_step = time.time(), time.time()
     for index, batch in enumerate(inputs.train_epoch(epoch, offset), start=offset):
       state, m = train_step(state, batch)
       m = {k: float(v) for k, v in jax.device_get(m).items()}
@@ -238,8 +241,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if done % config.log_every_steps == 0:
         writer.write("train", done, m)
       if preempted() and index + 1 < spe:
-        run.preempt(ckpt, done, state, {"step": done, "epoch": epoch})
-    record = _end_of_epoch(config, epoch, sums, spe - offset, state, inputs, infer, writer,
+        run.preempt(ckpt, done, state, {"step": done, "epoch": epoch, "epoch_sums": sums})
+    record = _end_of_epoch(config, epoch, sums, spe, state, inputs, infer, writer,
                            time.time() - t_epoch, num_params)
     if preempted() and done < total_steps:
       run.preempt(ckpt, done, state, {"step": done, "epoch": epoch + 1})
@@ -254,7 +257,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 def _end_of_epoch(config, epoch, sums, steps, state, inputs, infer, writer, seconds,
                   num_params) -> dict:
   """Epoch means of the train metrics, test loss / top-1 / top-5: logged and written."""
-  record = {k: v / max(steps, 1) for k, v in sums.items()}
+  record = {k: v / steps for k, v in sums.items()}
   record.update(epoch=epoch + 1, seconds=seconds, params=num_params)
   if config.eval_every_epochs and ((epoch + 1) % config.eval_every_epochs == 0
                                    or epoch + 1 == config.epochs):
