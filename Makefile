@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 DEMO_DATA ?=
 DEMO_FALLBACK ?= ../shared/data/cifar10-jpeg
 DEMO_WORKDIR ?= runs/demo
+# Test processes: most of the suite's time is XLA compiling, one core per compilation.
+TEST_WORKERS ?= 2
 # With no data above, the demo downloads CIFAR-10's python archive once into
 # ~/.cache/sdarts_jax; DEMO_URL (and DEMO_CHECKSUMS, md5:HEX and/or sha256:HEX, for a file
 # other than the canonical one) point it elsewhere, e.g. file:///path/cifar-10-python.tar.gz.
@@ -35,7 +37,7 @@ demo: install
 	  $(if $(DEMO_URL),--url='$(DEMO_URL)') $(if $(DEMO_CHECKSUMS),--checksums='$(DEMO_CHECKSUMS)')
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 bench: install
 	$(PY) benchmarks/search_step.py
