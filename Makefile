@@ -22,7 +22,7 @@ TORCH ?= 2.13.0
 REF_PIP_ARGS ?=
 PAPER_SIZE := --layers=8 --channels=16 --batch=64
 
-.PHONY: install demo test bench ref-given bench-reference bench-paper clean
+.PHONY: install demo test bench bench-accel ref-given bench-reference bench-paper clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ test: install
 
 bench: install
 	$(PY) benchmarks/search_step.py
+
+# Accelerator benchmark (GPU/TPU; runs on CPU too, marked as such) and roofline projection.
+bench-accel: install
+	$(PY) benchmarks/accel.py $(BENCH_ARGS)
 
 $(REF_VENV)/.installed-torch-$(TORCH):
 	$(PYTHON) -m venv $(REF_VENV)

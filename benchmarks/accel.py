@@ -14,7 +14,7 @@ counter, the compiled step's memory_analysis() (argument, output and temp bytes)
 process's peak RSS. Then the Hessian's cost on one fixed batch (`hessian.Measure`): one HVP and
 one 20-step Lanczos lambda_max, compilation excluded.
 
---roofline: XLA's cost analysis (FLOPs, bytes accessed) and memory analysis of one compiled
+Roofline (on by default; --no-roofline skips it): XLA's cost analysis (FLOPs, bytes accessed) and memory analysis of one compiled
 supernet evaluation (forward and all gradients, the body of the step's scan), lowered with
 --impl (default "grouped", the GPU/TPU program), turned into a lower bound on seconds per step
 for an H100 SXM and a TPU v5e (PEAKS). XLA counts a loop body once, so the step's cost is

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from sdarts_jax import ops, parallel, step
+from sdarts_jax import losses, ops, parallel, step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,14 +57,14 @@ def make_loss(model, options: HessianLoss, params, batch_stats, alpha, images, l
   def batch_loss(A, xb, yb):
     logits, _ = model.apply({"params": params, "batch_stats": batch_stats}, xb, A,
                             options.train_bn, mutable=["batch_stats"], rngs={"noise": key})
-    return step.cross_entropy(logits, yb)
+    return losses.cross_entropy(logits, yb)
 
   def loss(x):
     tree = unravel(x)
     A = step.mixing_weights(tree) if options.wrt == "alpha" else tree
     # vmap, not lax.map: convolutions inside a compiled loop are slow on XLA:CPU.
-    losses = jax.vmap(lambda xb, yb: batch_loss(A, xb, yb))(images, labels)
-    return jnp.mean(losses) + 0.5 * options.weight_decay * jnp.sum(x * x)
+    batch_losses = jax.vmap(lambda xb, yb: batch_loss(A, xb, yb))(images, labels)
+    return jnp.mean(batch_losses) + 0.5 * options.weight_decay * jnp.sum(x * x)
 
   return loss, x0
 

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sdarts_jax import (checkpoint, data, genotype, hessian, metrics, nb201, ops, parallel, run,
-                        spaces, step, supernet)
+from sdarts_jax import (checkpoint, data, genotype, hessian, losses, metrics, nb201, ops, optim,
+                        parallel, run, spaces, step, supernet)
 
 
 # ---------------------------------------------------------------- checks
@@ -87,10 +87,10 @@ def init_state(model, config, image_shape, steps_per_epoch: int) -> dict:
   x = jnp.zeros((2,) + tuple(image_shape), jnp.float32)
   variables = model.init({"params": k_params, "noise": k_noise}, x,
                          step.mixing_weights(alpha), False)
-  w_opt = step.weight_optimizer(config.weights, config.epochs, steps_per_epoch)
+  w_opt = optim.weight_optimizer(config.weights, config.epochs, steps_per_epoch)
   return {"params": variables["params"], "batch_stats": variables["batch_stats"],
           "alpha": alpha, "w_opt": w_opt.init(variables["params"]),
-          "a_opt": step.alpha_optimizer(config.alpha).init(alpha),
+          "a_opt": optim.alpha_optimizer(config.alpha).init(alpha),
           "step": jnp.zeros((), jnp.int32)}
 
 
@@ -102,9 +102,9 @@ def make_infer(model, source: data.Source, seed: int):
     logits = model.apply({"params": params, "batch_stats": batch_stats}, x, A, False,
                          rngs={"noise": jax.random.PRNGKey(seed)})
     valid = jnp.arange(labels.shape[0]) < num_valid
-    losses = jax.vmap(step.cross_entropy)(logits[:, None], labels[:, None])
+    per_example = losses.cross_entropy_per_example(logits, labels)
     correct = jnp.argmax(logits, -1) == labels
-    return jnp.sum(jnp.where(valid, losses, 0.0)), jnp.sum(jnp.where(valid, correct, 0))
+    return jnp.sum(jnp.where(valid, per_example, 0.0)), jnp.sum(jnp.where(valid, correct, 0))
 
   return infer
 

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from sdarts_jax import ops, perturb
+from sdarts_jax import losses, ops, optim, perturb
 
 TRAIN, VAL = 0, 1  # which batch an evaluation uses
 METHODS = ("darts", "rs", "adv")
@@ -41,11 +41,6 @@ class Evaluation(NamedTuple):
   batch_stats: Any
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Mean softmax cross-entropy. logits [N, classes], labels [N] int."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-
 def make_evaluate(model) -> Callable[..., Evaluation]:
   """evaluate(params, batch_stats, A, x, y, train_bn, key, need) -> Evaluation.
 
@@ -58,7 +53,7 @@ def make_evaluate(model) -> Callable[..., Evaluation]:
     logits, new = model.apply({"params": params, "batch_stats": batch_stats}, x, A, train_bn,
                               need, mutable=["batch_stats"], rngs={"noise": key})
     accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
-    return cross_entropy(logits, y), (accuracy, new["batch_stats"])
+    return losses.cross_entropy(logits, y), (accuracy, new["batch_stats"])
 
   grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 2), has_aux=True)
 
@@ -73,58 +68,6 @@ def make_evaluate(model) -> Callable[..., Evaluation]:
 def mixing_weights(alpha):
   """A = softmax(alpha) per edge row. alpha: pytree of [edges, ops]."""
   return jax.tree.map(lambda a: jax.nn.softmax(a, axis=-1), alpha)
-
-
-# ---------------------------------------------------------------- optimizers and schedules
-
-def alpha_optimizer(cfg) -> optax.GradientTransformation:
-  """Adam on raw alpha with *coupled* L2 (added to the gradient first, as PyTorch's
-  Adam(weight_decay=...) does; not AdamW). cfg: config.alpha."""
-  return optax.chain(optax.add_decayed_weights(cfg.weight_decay),
-                     optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.adam_eps),
-                     optax.scale(-cfg.lr))
-
-
-def epoch_of(step, steps_per_epoch: int):
-  return step // steps_per_epoch
-
-
-def weight_lr(cfg, epochs: int, steps_per_epoch: int) -> Callable[[jax.Array], jax.Array]:
-  """Cosine lr from cfg.lr to cfg.lr_min over `epochs`, constant within an epoch.
-
-  With cfg.lr_epoch_offset = 1, epoch e uses the value at e + 1, as the reference code does
-  (it steps its scheduler at the start of every epoch). cfg: config.weights.
-  """
-  def schedule(count):
-    e = epoch_of(count, steps_per_epoch) + cfg.lr_epoch_offset
-    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + jnp.cos(jnp.pi * e / epochs))
-
-  return schedule
-
-
-def sgd(cfg, learning_rate: Callable[[jax.Array], jax.Array]) -> optax.GradientTransformation:
-  """Clip the raw gradient to global norm cfg.grad_clip, add weight decay, momentum SGD
-  (buf = momentum * buf + g; w -= lr * buf), as PyTorch's SGD with clip_grad_norm_.
-  learning_rate: step count -> lr. cfg: config.weights (search) or config.optim (training).
-
-  optax's clip divides by the norm where PyTorch divides by (norm + 1e-6): a relative
-  difference of 1e-6 / norm.
-  """
-  return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
-                     optax.add_decayed_weights(cfg.weight_decay),
-                     optax.trace(decay=cfg.momentum),
-                     optax.scale_by_learning_rate(learning_rate))
-
-
-def weight_optimizer(cfg, epochs: int, steps_per_epoch: int) -> optax.GradientTransformation:
-  """The search's weight optimizer: `sgd` with the cosine `weight_lr`. cfg: config.weights."""
-  return sgd(cfg, weight_lr(cfg, epochs, steps_per_epoch))
-
-
-def eps_at(step, cfg, epochs: int, steps_per_epoch: int):
-  """eps = eps_start + (eps_max - eps_start) * epoch / epochs. cfg: config.perturb."""
-  e = epoch_of(step, steps_per_epoch)
-  return cfg.eps_start + (cfg.eps_max - cfg.eps_start) * e / epochs
 
 
 # ---------------------------------------------------------------- the step
@@ -160,9 +103,9 @@ def make_step(model, config, steps_per_epoch: int, preprocess):
   if method not in METHODS:
     raise ValueError(f"unknown method {method!r} (config.method); known: {METHODS}")
   evaluate = make_evaluate(model)
-  a_opt = alpha_optimizer(config.alpha)
-  w_opt = weight_optimizer(config.weights, config.epochs, steps_per_epoch)
-  lr_of = weight_lr(config.weights, config.epochs, steps_per_epoch)
+  a_opt = optim.alpha_optimizer(config.alpha)
+  w_opt = optim.weight_optimizer(config.weights, config.epochs, steps_per_epoch)
+  lr_of = optim.weight_lr(config.weights, config.epochs, steps_per_epoch)
   pgd = config.perturb
   plan = phases(method, pgd.steps)
 
@@ -171,7 +114,7 @@ def make_step(model, config, steps_per_epoch: int, preprocess):
     k_aug_t, k_aug_v, k_perturb, k_eval = jax.random.split(key, 4)
     xs = (preprocess(k_aug_t, batch["train_image"]), preprocess(k_aug_v, batch["val_image"]))
     ys = (batch["train_label"], batch["val_label"])
-    eps = eps_at(state["step"], pgd, config.epochs, steps_per_epoch)
+    eps = optim.eps_at(state["step"], pgd, config.epochs, steps_per_epoch)
     A = mixing_weights(state["alpha"])
 
     # 1. Architecture step: Adam on alpha from the validation loss at softmax(alpha).

@@ -14,6 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import check_exact_resume, final_state, override, shared_data
+from test_losses import smoothed_ce
 from sdarts_jax import data, genotype, metrics, ops, parallel
 from sdarts_jax.evaluation import defaults, input_pipeline, network, report, train
 
@@ -186,45 +187,6 @@ def test_report_cli(tmp_path):
 
 # ---------------------------------------------------------------- schedules and augmentation
 
-def test_learning_rate_schedules_follow_the_references():
-  spe = 3
-  cfg = defaults.imagenet_config().optim  # linear, 5 warm-up epochs
-  lr = train.learning_rate(cfg, 250, spe)
-
-  def official(epoch, epochs=250, base=0.5):  # sota/cnn/train_imagenet.py, batch 1024
-    if epochs - epoch > 5:  # adjust_lr
-      value = base * (epochs - 5 - epoch) / (epochs - 5)
-    else:
-      value = base * (epochs - epoch) / ((epochs - 5) * 5)
-    return base * (epoch + 1) / 5.0 if epoch < 5 else value  # the warm-up overwrites it
-
-  for epoch in (0, 1, 4, 5, 100, 244, 245, 249):
-    np.testing.assert_allclose(lr(epoch * spe + 1), official(epoch), rtol=1e-6)
-  cfg = defaults.cifar_config().optim  # cosine to 0; the scheduler steps before epoch e
-  lr = train.learning_rate(cfg, 600, spe)
-  for epoch in (0, 299, 599):
-    np.testing.assert_allclose(lr(epoch * spe), 0.0125 * (1 + np.cos(np.pi * (epoch + 1) / 600)),
-                               rtol=1e-5, atol=1e-9)
-  assert train.drop_prob_at(10 * spe, 0.2, 600, spe) == pytest.approx(0.2 * 10 / 600)
-
-
-def _smoothed_ce(logits, labels, smoothing):
-  """CrossEntropyLabelSmooth of the reference in numpy: targets (1 - s) one_hot + s / K."""
-  logits = np.asarray(logits, np.float64)
-  logp = logits - logits.max(-1, keepdims=True)
-  logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
-  picked = logp[np.arange(len(labels)), labels]
-  return -np.mean((1 - smoothing) * picked + smoothing / logits.shape[-1] * logp.sum(-1))
-
-
-def test_label_smoothed_cross_entropy_by_hand():
-  logits = 3 * jax.random.normal(jax.random.PRNGKey(0), (6, 7))
-  labels = np.array([0, 3, 6, 2, 2, 5])
-  for smoothing in (0.0, 0.1):
-    np.testing.assert_allclose(train.cross_entropy(logits, labels, smoothing),
-                               _smoothed_ce(logits, labels, smoothing), rtol=1e-6)
-
-
 def test_training_loss_is_smoothed_main_plus_weighted_aux_at_the_epochs_drop_prob():
   """The step's loss at a step of epoch 1 of 2 equals, recomputed from model.apply with
   the drop probability drop_path * 1 / 2: CE_s(logits) + 0.4 CE_s(aux), label smoothing
@@ -250,7 +212,7 @@ def test_training_loss_is_smoothed_main_plus_weighted_aux_at_the_epochs_drop_pro
   losses = {}
   for drop in (0.0, 0.25):
     logits, aux = forward(drop)
-    losses[drop] = _smoothed_ce(logits, y, 0.1) + 0.4 * _smoothed_ce(aux, y, 0.1)
+    losses[drop] = smoothed_ce(logits, y, 0.1) + 0.4 * smoothed_ce(aux, y, 0.1)
   np.testing.assert_allclose(m["train_loss"], losses[0.25], rtol=1e-5)
   assert abs(losses[0.25] - losses[0.0]) > 1e-3
 

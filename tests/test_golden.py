@@ -36,7 +36,7 @@ import numpy as np
 import optax
 import pytest
 
-from sdarts_jax import defaults, perturb, search, spaces, step
+from sdarts_jax import defaults, losses, optim, perturb, search, spaces, step
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
 FORWARD = ["s5"]  # spaces with a forward-pass fixture
@@ -273,7 +273,7 @@ def forward_fn(space: str):
     def loss_fn(params, A):
       logits, new = model.apply({"params": params, "batch_stats": stats}, x, A, train,
                                 mutable=["batch_stats"])
-      return step.cross_entropy(logits, y), (logits, new["batch_stats"])
+      return losses.cross_entropy(logits, y), (logits, new["batch_stats"])
 
     (loss, (logits, new)), grads = jax.value_and_grad(loss_fn, (0, 1), has_aux=True)(params, A)
     return logits, loss, new, grads
@@ -317,10 +317,10 @@ def initial_state(space: str, method: str) -> dict:
   params = official["params"]
   start = jnp.int32(int(fx["meta/epoch"]) * spe)
   # Fresh optimizers (as the official ones are), the lr schedule at the fixture's epoch.
-  w_opt = step.weight_optimizer(config.weights, config.epochs, spe).init(params)
+  w_opt = optim.weight_optimizer(config.weights, config.epochs, spe).init(params)
   return {"params": params, "batch_stats": official["batch_stats"], "alpha": alpha,
           "w_opt": optax.tree_utils.tree_set(w_opt, count=start),
-          "a_opt": step.alpha_optimizer(config.alpha).init(alpha), "step": start}
+          "a_opt": optim.alpha_optimizer(config.alpha).init(alpha), "step": start}
 
 
 def batch_of(fx: dict, t: int) -> dict:
@@ -384,7 +384,7 @@ def test_jax_draws_are_the_noise_fed_to_the_official_code(space, method):
   for t in range(fx[f"{method}/noise/normal"].shape[0]):
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), start + t)
     k_perturb = jax.random.split(key, 4)[2]  # as step.make_step splits it
-    eps = step.eps_at(jnp.int32(start + t), config.perturb, config.epochs, spe)
+    eps = optim.eps_at(jnp.int32(start + t), config.perturb, config.epochs, spe)
     np.testing.assert_allclose(eps, fx[f"{method}/eps"], rtol=1e-7)
     A = {t_: jnp.zeros(fx[f"alpha/{t_}"].shape) for t_ in spaces.CELL_TYPES}
     noise = perturb.uniform_noise(k_perturb, A, eps)
@@ -408,11 +408,11 @@ def test_search_steps(space, method):
       state, metrics = fn(state, batch_of(fx, t))
     np.testing.assert_allclose(metrics["lr"], fx[f"{method}/lr"], rtol=1e-6)
     np.testing.assert_allclose(metrics["eps"], fx[f"{method}/eps"], rtol=1e-6)
-    losses = {"val_loss": metrics["val_loss"], "train_loss": metrics["train_loss"]}
+    step_losses = {"val_loss": metrics["val_loss"], "train_loss": metrics["train_loss"]}
     if method == "adv":
-      losses.update(clean_loss=metrics["clean_loss"], attacked_loss=metrics["attacked_loss"])
+      step_losses.update(clean_loss=metrics["clean_loss"], attacked_loss=metrics["attacked_loss"])
       assert bool(metrics["attack_kept"]) == bool(fx["adv/attack_kept"][t])
-    assert_close(losses, {k: fx[f"{method}/{k}"][t] for k in losses}, TOL_STEP,
+    assert_close(step_losses, {k: fx[f"{method}/{k}"][t] for k in step_losses}, TOL_STEP,
                  f"{label} losses")
     alpha = {c: fx[f"{method}/alpha/{c}"][t] for c in spaces.CELL_TYPES}
     assert_change(state["alpha"], alpha, start["alpha"], f"{label} alpha change")

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from conftest import tiny_config
-from sdarts_jax import data, genotype, parallel, perturb, search, step
+from sdarts_jax import data, genotype, losses, optim, parallel, perturb, search, step
 
 SPE = 4  # steps per epoch used by the schedules
 
@@ -41,19 +41,19 @@ def reference_step(config, model, preprocess, state, batch):
       jax.random.fold_in(jax.random.PRNGKey(config.seed), state["step"]), 4)
   x, xv = preprocess(k_aug_t, batch["train_image"]), preprocess(k_aug_v, batch["val_image"])
   y, yv = batch["train_label"], batch["val_label"]
-  eps = step.eps_at(state["step"], config.perturb, config.epochs, SPE)
+  eps = optim.eps_at(state["step"], config.perturb, config.epochs, SPE)
 
   def loss(params, stats, A, x, y, train, index):
     logits, new = model.apply({"params": params, "batch_stats": stats}, x, A, train,
                               mutable=["batch_stats"],
                               rngs={"noise": jax.random.fold_in(k_eval, index)})
-    return step.cross_entropy(logits, y), new["batch_stats"]
+    return losses.cross_entropy(logits, y), new["batch_stats"]
 
   params, stats, alpha = state["params"], state["batch_stats"], state["alpha"]
   # 1. alpha step on the validation batch.
   g_alpha, stats = jax.grad(
       lambda a: loss(params, stats, step.mixing_weights(a), xv, yv, True, 0), has_aux=True)(alpha)
-  upd, a_opt = step.alpha_optimizer(config.alpha).update(g_alpha, state["a_opt"], alpha)
+  upd, a_opt = optim.alpha_optimizer(config.alpha).update(g_alpha, state["a_opt"], alpha)
   alpha = optax.apply_updates(alpha, upd)
   # 2-3. mixing weights, perturbed.
   A = step.mixing_weights(alpha)
@@ -73,7 +73,7 @@ def reference_step(config, model, preprocess, state, batch):
   # 4. weight step.
   index = 1 if config.method != "adv" else 3 + config.perturb.steps
   g_w, stats = jax.grad(lambda p: loss(p, stats, A_w, x, y, True, index), has_aux=True)(params)
-  upd, w_opt = step.weight_optimizer(config.weights, config.epochs, SPE).update(
+  upd, w_opt = optim.weight_optimizer(config.weights, config.epochs, SPE).update(
       g_w, state["w_opt"], params)
   params = optax.apply_updates(params, upd)
   new = dict(state, params=params, batch_stats=stats, alpha=alpha, a_opt=a_opt, w_opt=w_opt,
@@ -108,7 +108,7 @@ def inference_loss():
 
   def loss(variables, A, x, y):
     logits = model.apply(variables, x, A, False, rngs={"noise": jax.random.PRNGKey(0)})
-    return step.cross_entropy(logits, y)
+    return losses.cross_entropy(logits, y)
 
   return jax.jit(loss), jax.jit(jax.grad(loss, argnums=1))
 
@@ -152,63 +152,10 @@ def test_attack_sees_inference_batchnorm():
   A = step.mixing_weights(new_state["alpha"])
   want = inference_loss()[0](variables, A, x, batch["train_label"])
   np.testing.assert_allclose(metrics["clean_loss"], want, rtol=1e-5)
-  train_bn = step.cross_entropy(model.apply(variables, x, A, True, mutable=["batch_stats"],
+  train_bn = losses.cross_entropy(model.apply(variables, x, A, True, mutable=["batch_stats"],
                                             rngs={"noise": jax.random.PRNGKey(0)})[0],
                                 batch["train_label"])
   assert abs(float(train_bn) - float(want)) > 1e-3 * float(want)
-
-
-def test_alpha_optimizer_is_pytorch_adam_with_coupled_l2():
-  cfg = tiny_config().alpha
-  opt = step.alpha_optimizer(cfg)
-  w = jnp.array([0.3, -0.2])
-  grads = [jnp.array([0.1, 0.4]), jnp.array([-0.2, 0.05])]
-  state, m, v, ref = opt.init(w), np.zeros(2), np.zeros(2), np.asarray(w, np.float64)
-  for t, g in enumerate(grads, start=1):
-    upd, state = opt.update(g, state, w)
-    w = optax.apply_updates(w, upd)
-    d = np.asarray(g) + cfg.weight_decay * ref            # coupled L2
-    m = cfg.b1 * m + (1 - cfg.b1) * d
-    v = cfg.b2 * v + (1 - cfg.b2) * d**2
-    denom = np.sqrt(v) / np.sqrt(1 - cfg.b2**t) + cfg.adam_eps
-    ref = ref - cfg.lr / (1 - cfg.b1**t) * m / denom
-    np.testing.assert_allclose(w, ref, rtol=1e-6)
-
-
-def test_weight_optimizer_is_clip_decay_momentum_sgd():
-  cfg = tiny_config().weights
-  epochs, spe = 10, 2
-  opt = step.weight_optimizer(cfg, epochs, spe)
-  w = {"a": jnp.array([1.0, -2.0]), "b": jnp.array([0.5])}
-  grads = [{"a": jnp.array([3.0, 4.0]), "b": jnp.array([12.0])},   # norm 13 > 5: clipped
-           {"a": jnp.array([0.1, -0.2]), "b": jnp.array([0.3])},   # small: not clipped
-           {"a": jnp.array([1.0, 1.0]), "b": jnp.array([-1.0])}]
-  state = opt.init(w)
-  ref = {k: np.asarray(v, np.float64) for k, v in w.items()}
-  buf = {k: np.zeros_like(v) for k, v in ref.items()}
-  for t, g in enumerate(grads):
-    upd, state = opt.update(g, state, w)
-    w = optax.apply_updates(w, upd)
-    norm = np.sqrt(sum(np.sum(np.asarray(x) ** 2) for x in g.values()))
-    scale = min(1.0, cfg.grad_clip / norm)
-    e = t // spe + cfg.lr_epoch_offset
-    lr = cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + np.cos(np.pi * e / epochs))
-    for k in ref:
-      d = np.asarray(g[k]) * scale + cfg.weight_decay * ref[k]
-      buf[k] = cfg.momentum * buf[k] + d
-      ref[k] = ref[k] - lr * buf[k]
-      np.testing.assert_allclose(w[k], ref[k], rtol=1e-5, err_msg=f"step {t} {k}")
-
-
-def test_schedules():
-  cfg = tiny_config()
-  lr = step.weight_lr(cfg.weights, 50, 10)
-  # The reference steps its scheduler first: epoch 0 uses the cosine value at epoch 1.
-  np.testing.assert_allclose(lr(0), 0.001 + 0.024 * 0.5 * (1 + np.cos(np.pi / 50)), rtol=1e-6)
-  np.testing.assert_allclose(lr(9), lr(0))
-  np.testing.assert_allclose(lr(49 * 10), 0.001, rtol=1e-5)  # epoch 49 uses epoch 50: lr_min
-  eps = [float(step.eps_at(s, cfg.perturb, 50, 10)) for s in (0, 9, 10, 499)]
-  np.testing.assert_allclose(eps, [0.03, 0.03, 0.03 + 0.27 / 50, 0.03 + 0.27 * 49 / 50])
 
 
 def test_eps_and_lr_used_across_an_epoch_boundary():

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sdarts_jax import checkpoint, genotype, metrics, ops, parallel, run, step
+from sdarts_jax import checkpoint, genotype, losses, metrics, ops, optim, parallel, run
 from sdarts_jax.evaluation import input_pipeline, network
 
 SCHEDULES = ("cosine", "linear")
@@ -53,52 +53,11 @@ def check_config(config) -> None:
     raise ValueError(f"config.loss.aux_weight={config.loss.aux_weight} must be >= 0")
 
 
-# ---------------------------------------------------------------- optimizer and loss
-
-def learning_rate(cfg, epochs: int, steps_per_epoch: int):
-  """lr(step), constant within an epoch. cfg: config.optim.
-
-  cosine: cfg.lr -> cfg.lr_min (`sdarts_jax.step.weight_lr`, with its epoch offset).
-  linear: PC-DARTS's `adjust_lr` (train_imagenet.py): epoch e uses
-    lr (E - T - e) / (E - T) while E - e > T, then lr (E - e) / (T (E - T)), with
-    T = cfg.linear_tail_epochs (a gentler slope at the end).
-  Warm-up, either schedule: epoch e < cfg.warmup_epochs uses cfg.lr (e + 1) / warmup in
-  place of the schedule's value, as the official `train_imagenet.py` overwrites the lr
-  after its schedule (it does so only for batches above 256; the config decides here).
-  """
-  if cfg.schedule == "cosine":
-    base = step.weight_lr(cfg, epochs, steps_per_epoch)
-  else:
-    tail = cfg.linear_tail_epochs
-
-    def base(count):
-      e = step.epoch_of(count, steps_per_epoch) + cfg.lr_epoch_offset
-      return cfg.lr * jnp.where(epochs - e > tail, (epochs - tail - e) / (epochs - tail),
-                                (epochs - e) / (tail * (epochs - tail)))
-
-  def schedule(count):
-    e = step.epoch_of(count, steps_per_epoch)
-    warm = cfg.lr * (e + 1) / max(cfg.warmup_epochs, 1)
-    return jnp.where(e < cfg.warmup_epochs, warm, base(count))
-
-  return schedule
-
-
-def optimizer(cfg, epochs: int, steps_per_epoch: int) -> optax.GradientTransformation:
-  """The reference's SGD (`step.sgd`) with `learning_rate`'s schedules."""
-  return step.sgd(cfg, learning_rate(cfg, epochs, steps_per_epoch))
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float = 0.0) -> jax.Array:
-  """Mean cross-entropy against (1 - smoothing) one_hot + smoothing / classes, as the
-  reference's CrossEntropyLabelSmooth. logits [N, classes], labels [N] int."""
-  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smoothing)
-  return optax.softmax_cross_entropy(logits, targets).mean()
-
+# ---------------------------------------------------------------- schedules
 
 def drop_prob_at(count, max_prob: float, epochs: int, steps_per_epoch: int):
   """Drop-path probability max_prob * epoch / epochs (0 in the first epoch)."""
-  return max_prob * step.epoch_of(count, steps_per_epoch) / epochs
+  return max_prob * optim.epoch_of(count, steps_per_epoch) / epochs
 
 
 # ---------------------------------------------------------------- model and state
@@ -113,7 +72,7 @@ def build_model(config, num_classes: int) -> network.Network:
 def init_state(model: network.Network, config, image_shape, steps_per_epoch: int) -> dict:
   """{"params", "batch_stats", "opt", "step"} at step 0. image_shape: (H, W, 3)."""
   variables = network.init(model, jax.random.PRNGKey(config.seed), image_shape)
-  tx = optimizer(config.optim, config.epochs, steps_per_epoch)
+  tx = optim.training_optimizer(config.optim, config.epochs, steps_per_epoch)
   return {"params": variables["params"], "batch_stats": variables["batch_stats"],
           "opt": tx.init(variables["params"]), "step": jnp.zeros((), jnp.int32)}
 
@@ -126,17 +85,17 @@ def make_train_step(model: network.Network, config, steps_per_epoch: int, prepro
   config.loss.label_smoothing) + aux_weight * the same on the auxiliary logits.
   Augmentation, drop-path masks and `noise` ops draw from fold_in(PRNGKey(config.seed), step).
   """
-  tx = optimizer(config.optim, config.epochs, steps_per_epoch)
-  lr_of = learning_rate(config.optim, config.epochs, steps_per_epoch)
+  tx = optim.training_optimizer(config.optim, config.epochs, steps_per_epoch)
+  lr_of = optim.training_lr(config.optim, config.epochs, steps_per_epoch)
   smoothing, aux_weight = config.loss.label_smoothing, config.loss.aux_weight
 
   def loss_fn(params, batch_stats, x, y, drop_prob, key):
     (logits, aux), new = model.apply({"params": params, "batch_stats": batch_stats}, x, True,
                                      drop_prob, mutable=["batch_stats"],
                                      rngs=network.rngs(key))
-    loss = cross_entropy(logits, y, smoothing)
+    loss = losses.cross_entropy(logits, y, smoothing)
     if aux is not None:
-      loss = loss + aux_weight * cross_entropy(aux, y, smoothing)
+      loss = loss + aux_weight * losses.cross_entropy(aux, y, smoothing)
     return loss, (logits, new["batch_stats"])
 
   def train_step(state, batch):
@@ -166,12 +125,12 @@ def make_infer(model: network.Network, preprocess, seed: int):
     logits, _ = model.apply({"params": params, "batch_stats": batch_stats}, x, False,
                             rngs=network.rngs(jax.random.PRNGKey(seed)))
     y, valid = batch["label"], batch["valid"]
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    per_example = losses.cross_entropy_per_example(logits, y)
     k = min(5, logits.shape[-1])
     top5 = jnp.any(jax.lax.top_k(logits, k)[1] == y[:, None], axis=-1)
     total = lambda v: jnp.sum(jnp.where(valid, v, 0).astype(jnp.float32))
-    return {"loss": total(losses), "top1": total(jnp.argmax(logits, -1) == y),
-            "top5": total(top5), "count": total(jnp.ones_like(losses))}
+    return {"loss": total(per_example), "top1": total(jnp.argmax(logits, -1) == y),
+            "top5": total(top5), "count": total(jnp.ones_like(per_example))}
 
   return infer
 
