@@ -96,7 +96,7 @@ def test_multihost_gpu_starts_one_process_per_host_with_its_id():
 
 
 def test_multihost_gpu_on_this_host_needs_the_three_variables():
-  (cd, start), = [dry_run("multihost_gpu.sh", "/w", env={"COORDINATOR": "h0:1", "NUM_HOSTS": "2",
+  (_, start), = [dry_run("multihost_gpu.sh", "/w", env={"COORDINATOR": "h0:1", "NUM_HOSTS": "2",
                                                            "HOST_ID": "1"})]
   assert start[:4] == ["env", "JAX_COORDINATOR_ADDRESS=h0:1", "JAX_NUM_PROCESSES=2",
                        "JAX_PROCESS_ID=1"]
@@ -119,7 +119,7 @@ def test_slurm_example_runs_the_gpu_script_on_every_node(tmp_path):
   assert "--export=ALL,COORDINATOR=node-a:12345" in srun
   assert srun[-4:] == ["launch/multihost_gpu.sh", "--dry-run", "/shared/w", "--config.epochs=2"]
   # What srun then runs on node 1 (SLURM_PROCID=1).
-  (cd, start), = [dry_run("multihost_gpu.sh", "/shared/w", "--config.epochs=2",
+  (_, start), = [dry_run("multihost_gpu.sh", "/shared/w", "--config.epochs=2",
                           env={"COORDINATOR": "node-a:12345", "SLURM_NTASKS": "2",
                                "SLURM_PROCID": "1"})]
   assert start[1:4] == ["JAX_COORDINATOR_ADDRESS=node-a:12345", "JAX_NUM_PROCESSES=2",

@@ -20,7 +20,6 @@ import time
 
 import jax
 import numpy as np
-import pytest
 
 from conftest import tiny_config
 from sdarts_jax import checkpoint, genotype, search, step
