@@ -29,11 +29,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
+
+from search_step import LABELS, cpu_model  # benchmarks/ is this script's directory
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRAIN_IMAGES = 50_000  # CIFAR-10's train split, cut by config.data.train_portion
@@ -47,7 +48,6 @@ PEAKS = {
     "TPU v5e, bf16 MXU": (197e12, 0.819e12),
 }
 REALISTIC = (0.3, 0.5)  # fraction of the roofline real kernels are assumed to reach
-LABELS = {"darts": "DARTS (1st order)", "rs": "SDARTS-RS", "adv": "SDARTS-ADV"}
 
 
 # ---------------------------------------------------------------- set-up shared by both modes
@@ -224,17 +224,6 @@ def device_line() -> dict:
     kind = f"CPU: {cpu_model()} ({len(os.sched_getaffinity(0))} cores usable)"
   return {"backend": jax.default_backend(), "device_kind": kind, "jax": jax.__version__,
           "devices": jax.device_count()}
-
-
-def cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown CPU"
 
 
 def measured_table(rows: list[dict], batch: int) -> str:
