@@ -49,12 +49,16 @@ def linear_lr(cfg, epochs: int, steps_per_epoch: int) -> Schedule:
   return schedule
 
 
+# config.optim.schedule of the evaluation training -> its schedule.
+TRAINING_SCHEDULES = {"cosine": weight_lr, "linear": linear_lr}
+
+
 def training_lr(cfg, epochs: int, steps_per_epoch: int) -> Schedule:
   """The evaluation training's lr: `weight_lr` (cfg.schedule "cosine") or `linear_lr`
   ("linear"); epoch e < cfg.warmup_epochs uses cfg.lr (e + 1) / warmup in place of the
   schedule's value, as the official train_imagenet.py overwrites the lr after its schedule
   (it does so only for batches above 256; the config decides here). cfg: config.optim."""
-  base = {"cosine": weight_lr, "linear": linear_lr}[cfg.schedule](cfg, epochs, steps_per_epoch)
+  base = TRAINING_SCHEDULES[cfg.schedule](cfg, epochs, steps_per_epoch)
 
   def schedule(count):
     e = epoch_of(count, steps_per_epoch)

@@ -17,8 +17,6 @@ import optax
 from sdarts_jax import checkpoint, genotype, losses, metrics, ops, optim, parallel, run
 from sdarts_jax.evaluation import input_pipeline, network
 
-SCHEDULES = ("cosine", "linear")
-
 
 # ---------------------------------------------------------------- checks
 
@@ -37,9 +35,9 @@ def check_config(config) -> None:
   if config.model.impl not in ("auto",) + ops.IMPLS:
     raise ValueError(f"config.model.impl={config.model.impl!r}; use auto or one of "
                      f"{', '.join(ops.IMPLS)}")
-  if config.optim.schedule not in SCHEDULES:
+  if config.optim.schedule not in optim.TRAINING_SCHEDULES:
     raise ValueError(f"config.optim.schedule={config.optim.schedule!r}; use one of "
-                     f"{', '.join(SCHEDULES)}")
+                     f"{', '.join(optim.TRAINING_SCHEDULES)}")
   if config.optim.schedule == "linear" and config.epochs <= config.optim.linear_tail_epochs:
     raise ValueError(f"config.epochs={config.epochs} must exceed "
                      f"config.optim.linear_tail_epochs={config.optim.linear_tail_epochs} for "
