@@ -107,7 +107,8 @@ def test_multihost_gpu_on_this_host_needs_the_three_variables():
 
 def test_slurm_example_runs_the_gpu_script_on_every_node(tmp_path):
   fake = tmp_path / "scontrol"  # SLURM's node-list expansion
-  fake.write_text("#!/bin/sh\necho node-a\necho node-b\n")
+  # A long node list: a script that stops reading after the first line dies of SIGPIPE.
+  fake.write_text("#!/bin/sh\necho node-a\necho node-b\nseq 100000\n")
   fake.chmod(0o755)
   env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "DRY_RUN": "1",
          "SLURM_JOB_NODELIST": "node-[a-b]", "SLURM_NTASKS": "2", "SLURM_SUBMIT_DIR": str(ROOT)}
