@@ -275,7 +275,7 @@ def test_metrics_protobuf_matches_the_protobuf_library():
   assert params == 2_694_282
   assert evals == tuple(nb101.Evaluation(*e) for e in evaluations(0.93, 0.925))
 
-  run = nb101.make_run(*API_EXAMPLE, 108, evaluations(0.8, 0.7), -5)
+  run = nb101.make_record(*API_EXAMPLE, 108, evaluations(0.8, 0.7), -5)
   parsed = message.FromString(nb101.encode_metrics(run))
   assert parsed.trainable_parameters == -5
   assert [tuple(getattr(e, f) for f in nb101.Evaluation._fields)
@@ -288,33 +288,33 @@ def test_metrics_protobuf_matches_the_protobuf_library():
 CELL_B = (np.array([[0, 1, 0], [0, 0, 1], [0, 0, 0]]), [I, C3, O])
 
 
-def table_runs():
+def table_records():
   """Three runs of the api example cell and of CELL_B at 108 epochs, one 36-epoch run."""
-  a = [nb101.make_run(*API_EXAMPLE, 108, evaluations(v, t), 100) for v, t in
+  a = [nb101.make_record(*API_EXAMPLE, 108, evaluations(v, t), 100) for v, t in
        ((0.90, 0.89), (0.92, 0.90), (0.94, 0.94))]
-  b = [nb101.make_run(*CELL_B, 108, evaluations(v, t), 50) for v, t in
+  b = [nb101.make_record(*CELL_B, 108, evaluations(v, t), 50) for v, t in
        ((0.70, 0.60), (0.71, 0.62), (0.72, 0.64))]
-  return a[:1] + b[:2] + [nb101.make_run(*CELL_B, 36, evaluations(0.1, 0.1))] + a[1:] + b[2:]
+  return a[:1] + b[:2] + [nb101.make_record(*CELL_B, 36, evaluations(0.1, 0.1))] + a[1:] + b[2:]
 
 
 def test_records_round_trip(tmp_path):
   path = tmp_path / "nb.tfrecord"
-  runs = table_runs()
-  nb101.write_records(path, runs)
+  records = table_records()
+  nb101.write_records(path, records)
   read = list(nb101.read_records(path))
-  assert len(read) == len(runs)
-  for (_, got), want in zip(read, runs):
+  assert len(read) == len(records)
+  for (_, got), want in zip(read, records):
     assert (got.module_hash, got.epochs, got.ops, got.evaluations, got.trainable_parameters) == \
         (want.module_hash, want.epochs, want.ops, want.evaluations, want.trainable_parameters)
     np.testing.assert_array_equal(got.matrix, want.matrix)
-  row = json.loads(nb101.encode_run(runs[0]))
+  row = json.loads(nb101.encode_record(records[0]))
   assert row[:4] == [nb101.spec_hash(*API_EXAMPLE), 108,
                      "".join(str(e) for e in API_EXAMPLE[0].ravel()), ",".join(API_EXAMPLE[1])]
 
 
 def test_table_averages_the_three_runs(tmp_path):
   path = tmp_path / "nb.tfrecord"
-  nb101.write_records(path, table_runs())
+  nb101.write_records(path, table_records())
   table = nb101.NB101Table.load(path)
   assert len(table) == 2 and table.runs.tolist() == [3, 3]
   val, test = table.query(*API_EXAMPLE)
@@ -330,9 +330,10 @@ def test_table_averages_the_three_runs(tmp_path):
     table.lookup("0" * 32)
 
 
-def written(tmp_path, runs=None):
+def written(tmp_path):
+  """The file of `table_records` and its (byte offset, payload) frames."""
   path = tmp_path / "nb.tfrecord"
-  nb101.write_records(path, table_runs() if runs is None else runs)
+  nb101.write_records(path, table_records())
   return path, list(nb101.read_frames(path, path.read_bytes()))
 
 
@@ -367,7 +368,7 @@ def test_truncated_file_names_the_last_record(tmp_path):
 
 
 def test_bad_record_contents_name_the_offset(tmp_path):
-  good = nb101.encode_run(table_runs()[0])
+  good = nb101.encode_record(table_records()[0])
   row = json.loads(good)
   bad_proto = json.dumps(row[:4] + [base64.b64encode(b"\x0a\x09short").decode()]).encode()
   cases = {b"not json": "Expecting value", json.dumps(row[:4]).encode(): "JSON list",
@@ -382,7 +383,7 @@ def test_bad_record_contents_name_the_offset(tmp_path):
 
 
 def test_missing_final_accuracy_is_an_error(tmp_path):
-  run = nb101.make_run(*CELL_B, 108, evaluations(0.5, float("nan")))
+  run = nb101.make_record(*CELL_B, 108, evaluations(0.5, float("nan")))
   path = tmp_path / "nb.tfrecord"
   nb101.write_records(path, [run])
   with pytest.raises(ValueError, match="byte offset 0: the run has no final evaluation"):
@@ -405,7 +406,7 @@ def test_index_is_reused_and_rebuilt_when_the_file_changes(tmp_path, monkeypatch
 
   # Another file at the same path: its size differs.
   monkeypatch.setattr(nb101, "scan", real_scan)
-  nb101.write_records(path, table_runs()[:3])
+  nb101.write_records(path, table_records()[:3])
   assert nb101.NB101Table.load(path).runs.tolist() == [1, 2]
 
   # Same size and mtime, other bytes in the head: the checksum catches it.
@@ -418,7 +419,7 @@ def test_index_is_reused_and_rebuilt_when_the_file_changes(tmp_path, monkeypatch
     nb101.NB101Table.load(path)
 
   # A damaged index is rebuilt.
-  nb101.write_records(path, table_runs())
+  nb101.write_records(path, table_records())
   nb101.NB101Table.load(path)
   index.write_bytes(b"garbage")
   assert list(nb101.NB101Table.load(path)) == list(first)
