@@ -474,7 +474,7 @@ def encode_record(record: Record) -> bytes:
 
 
 def decode_record(payload: bytes) -> Record:
-  """The Record of a record's payload (inverse of `encode_record`); ValueError when it is not one."""
+  """The Record of a payload (inverse of `encode_record`); ValueError when it is not one."""
   row = json.loads(payload.decode("utf-8"))
   if not (isinstance(row, list) and len(row) == 5 and isinstance(row[1], int)
           and all(isinstance(row[i], str) for i in (0, 2, 3, 4))):

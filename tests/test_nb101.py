@@ -378,7 +378,8 @@ def test_bad_record_contents_name_the_offset(tmp_path):
   for payload, message in cases.items():
     path = tmp_path / "bad.tfrecord"
     path.write_bytes(nb101.frame_records([good, payload]))
-    with pytest.raises(ValueError, match=f"bad.tfrecord: byte offset {16 + len(good)}: .*({message})"):
+    offset = nb101.HEADER + len(good) + nb101.FOOTER
+    with pytest.raises(ValueError, match=f"bad.tfrecord: byte offset {offset}: .*({message})"):
       list(nb101.read_records(path))
 
 
