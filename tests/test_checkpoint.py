@@ -27,18 +27,23 @@ def make_state(kind: str, seed: int) -> dict:
   return {"params": params, "opt": opt, "step": jnp.asarray(seed, jnp.int32)}
 
 
-def damage(folder: str) -> str:
-  """Flip 4,096 bytes in the middle of the largest array data file under `folder`."""
-  path = max(glob.glob(os.path.join(folder, "state", "**", "d", "*"), recursive=True),
-             key=os.path.getsize)
-  size = os.path.getsize(path)
-  assert size > 3 * 4096
-  with open(path, "r+b") as f:
-    f.seek(size // 2)
-    block = f.read(4096)
-    f.seek(size // 2)
-    f.write(bytes(b ^ 0xFF for b in block))
-  return path
+def damage(folder: str) -> list[str]:
+  """Flip 4,096 bytes in the middle of every data file over 12 KiB under `folder`.
+
+  Every one, not only the largest: OCDBT keeps a copy of its b-tree per process besides
+  the merged one that restores read, so the largest file can be a copy that nothing reads.
+  """
+  paths = [p for p in glob.glob(os.path.join(folder, "state", "**", "d", "*"), recursive=True)
+           if os.path.getsize(p) > 3 * 4096]
+  assert paths
+  for path in paths:
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+      f.seek(size // 2)
+      block = f.read(4096)
+      f.seek(size // 2)
+      f.write(bytes(b ^ 0xFF for b in block))
+  return paths
 
 
 def two_checkpoints(workdir: str, kind: str):
