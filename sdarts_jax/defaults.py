@@ -148,3 +148,27 @@ def nb201_search_config(method: str) -> ml_collections.ConfigDict:
   ))
   return c
 
+
+
+def oneshot1_search_config(method: str, space: str = "1shot1_ss1") -> ml_collections.ConfigDict:
+  """SDARTS search in a NAS-Bench-1Shot1 space with the official settings (SmoothDARTS
+  optimizers/darts/train_search.py, run as its README runs it, i.e. with the script's
+  defaults): search space 1, 100 epochs, batch 96, C=16, 9 cells, lambda_max every epoch,
+  and the optimisers, eps ramp, data split and seed of `search_config`, which that script
+  shares."""
+  c = search_config(method)
+  c.space = space            # 1shot1_ss1 | 1shot1_ss2 | 1shot1_ss3
+  c.epochs = 100
+  c.data.batch_size = 96
+  c.model = ml_collections.ConfigDict(dict(
+      channels=16,           # C of the first stack (2C, 4C after the max-pool downsamplings)
+      layers=9,              # cells, 3 per stack
+      bn_momentum=0.003,     # conv-bn-relu BatchNorms: the reference's PyTorch momentum 0.997
+      head_bn_momentum=0.9,  # the BatchNorm before the classifier: PyTorch's default 0.1
+      impl="auto",           # convolutions: auto | fused | grouped (see sdarts_jax.ops)
+  ))
+  c.hessian.every_epochs = 1  # the reference computes the Hessian's eigenvalues every epoch
+  c.nasbench101 = ml_collections.ConfigDict(dict(
+      file="",               # nasbench_only108.tfrecord: score the derived cell every epoch
+  ))
+  return c

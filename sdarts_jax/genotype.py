@@ -7,6 +7,10 @@ k >= 2 is node k - 2) and the list of states concatenated into the output.
 
 In the NAS-Bench-201 space a genotype is {"nb201": "|op~0|+|op~0|op~1|+|op~0|op~1|op~2|"}:
 every edge keeps its best op, `none` included (see `sdarts_jax.nb201`).
+
+In the NAS-Bench-1Shot1 spaces a genotype is {"nb101": {"matrix": [[0, 1, ...], ...],
+"ops": ["input", "conv3x3-bn-relu", ..., "output"], "hash": "..."}}: NAS-Bench-101's pruned
+adjacency matrix, its op list and its cell hash (`sdarts_jax.nb101`).
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from sdarts_jax import metrics, nb201, spaces
+from sdarts_jax import metrics, nb101, nb201, spaces
 
 Genotype = dict[str, Any]  # {"normal": [[op, input], ...], "normal_concat": [...], "reduce"...}
 EDGES_PER_NODE = 2
@@ -53,9 +57,20 @@ def derive_nb201(weights: np.ndarray, edge_ops) -> str:
   return nb201.to_string([ops[int(np.argmax(w))] for w, ops in zip(weights, edge_ops)])
 
 
-def derive(A: Mapping[str, np.ndarray], space: spaces.SearchSpace) -> Genotype:
-  """Genotype of mixing weights A = {"normal": [14, K], "reduce": [14, K]}, or of
-  A = {"normal": [6, K]} in the NAS-Bench-201 space ({"nb201": cell string})."""
+def derive_nb101(A: Mapping[str, np.ndarray], cell: nb101.Space) -> dict:
+  """The NAS-Bench-101 cell of 1Shot1 mixing weights A (`nb101.derive_cell`):
+  {"matrix": [V, V] nested lists, "ops": V names, "hash": `nb101.spec_hash`}."""
+  matrix, ops = nb101.derive_cell(cell, A)
+  return {"matrix": matrix.tolist(), "ops": ops, "hash": nb101.spec_hash(matrix, ops)}
+
+
+def derive(A: Mapping[str, np.ndarray],
+           space: spaces.SearchSpace | spaces.OneShot1Space) -> Genotype:
+  """Genotype of mixing weights A = {"normal": [14, K], "reduce": [14, K]}, of
+  A = {"normal": [6, K]} in the NAS-Bench-201 space ({"nb201": cell string}), or of a
+  1Shot1 space's A ({"nb101": `derive_nb101`})."""
+  if isinstance(space, spaces.OneShot1Space):
+    return {"nb101": derive_nb101(A, space.cell)}
   if space.topology == spaces.NB201_CELL:
     return {"nb201": derive_nb201(A["normal"], space.ops("normal"))}
   concat = list(range(2, 2 + spaces.NUM_NODES))
@@ -83,7 +98,17 @@ def published() -> dict[str, Genotype]:
 
 def validate(genotype: Genotype, where: str) -> Genotype:
   """Raise ValueError naming `where` unless `genotype` is a well-formed DARTS cell pair or
-  NAS-Bench-201 cell."""
+  NAS-Bench-201 or NAS-Bench-101 cell."""
+  if isinstance(genotype, dict) and "nb101" in genotype:
+    cell = genotype["nb101"]
+    try:
+      if not (isinstance(cell, dict) and nb101.spec_hash(np.asarray(cell["matrix"]),
+                                                        list(cell["ops"])) == cell["hash"]):
+        raise ValueError("the hash does not match the matrix and ops")
+    except (ValueError, KeyError, TypeError) as e:
+      raise ValueError(f"{where}: 'nb101' must be {{\"matrix\", \"ops\", \"hash\"}} of a "
+                       f"NAS-Bench-101 cell ({e})") from None
+    return genotype
   if isinstance(genotype, dict) and "nb201" in genotype:
     try:
       nb201.parse(genotype["nb201"])
@@ -111,9 +136,10 @@ def resolve(name_or_path: str) -> Genotype:
     return table[name_or_path]
   if os.path.isfile(name_or_path):
     genotype = load(name_or_path)
-    if "nb201" in genotype:
-      raise ValueError(f"{name_or_path} holds a NAS-Bench-201 cell; its accuracy comes from "
-                       f"the benchmark table (config.nb201.table), not from training it here")
+    if "nb201" in genotype or "nb101" in genotype:
+      raise ValueError(f"{name_or_path} holds a NAS-Bench-201 or -101 cell; its accuracy comes "
+                       f"from the benchmark table (config.nb201.table, "
+                       f"config.nasbench101.file), not from training it here")
     return genotype
   raise ValueError(f"unknown genotype {name_or_path!r}: neither a file nor a published name "
                    f"({', '.join(sorted(table))})")

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sdarts_jax import (checkpoint, data, genotype, hessian, losses, metrics, nb201, ops, optim,
-                        parallel, run, spaces, step, supernet)
+from sdarts_jax import (checkpoint, data, genotype, hessian, losses, metrics, nb201, oneshot1, ops,
+                        optim, parallel, run, spaces, step, supernet)
 
 
 # ---------------------------------------------------------------- checks
@@ -27,7 +27,7 @@ def check_config(config) -> None:
                      f"{', '.join(step.METHODS)}")
   space = spaces.get_space(config.space)
   spaces.validate(space)
-  nb = space.topology == spaces.NB201_CELL
+  nb = isinstance(space, spaces.SearchSpace) and space.topology == spaces.NB201_CELL
   field, example = ("cells_per_stage", "nb201_search") if nb else ("layers", "cifar10_adv")
   if field not in config.model:
     raise ValueError(f"config.space={config.space!r} needs config.model.{field}; start from "
@@ -65,10 +65,14 @@ def search_data(config) -> tuple[data.Source, data.SearchBatches, data.Source]:
 
 
 def build_model(config, num_classes: int):
-  """The supernet of the space's topology: `supernet.Supernet` or `supernet.NB201Supernet`."""
+  """The supernet of the space: `supernet.Supernet`, `supernet.NB201Supernet` or
+  `supernet.OneShot1Supernet`."""
   m = config.model
   impl = ops.depthwise_impl() if m.impl == "auto" else m.impl
   space = spaces.get_space(config.space)
+  if isinstance(space, spaces.OneShot1Space):
+    return supernet.OneShot1Supernet(space, num_classes, m.channels, m.layers, impl,
+                                     m.bn_momentum, m.head_bn_momentum)
   if space.topology == spaces.NB201_CELL:
     return supernet.NB201Supernet(space, num_classes, m.channels, m.cells_per_stage, impl,
                                   m.bn_momentum)
@@ -80,10 +84,9 @@ def init_state(model, config, image_shape, steps_per_epoch: int) -> dict:
   """The search state at step 0. image_shape: (H, W, 3)."""
   key = jax.random.PRNGKey(config.seed)
   k_params, k_alpha, k_noise = jax.random.split(key, 3)
-  shape = model.space.alpha_shape()
-  cell_types = model.space.cell_types
-  alpha = {t: config.alpha.init_scale * jax.random.normal(k, shape)
-           for t, k in zip(cell_types, jax.random.split(k_alpha, len(cell_types)))}
+  shapes = model.space.alpha_shapes()
+  alpha = {name: config.alpha.init_scale * jax.random.normal(k, shape)
+           for (name, shape), k in zip(shapes.items(), jax.random.split(k_alpha, len(shapes)))}
   x = jnp.zeros((2,) + tuple(image_shape), jnp.float32)
   variables = model.init({"params": k_params, "noise": k_noise}, x,
                          step.mixing_weights(alpha), False)
@@ -111,11 +114,19 @@ def make_infer(model, source: data.Source, seed: int):
 
 # ---------------------------------------------------------------- the search
 
+def benchmark_for(config):
+  """The table that scores the derived cell every epoch, when the config names one: the
+  NAS-Bench-201 table (`nb201.table_for`) or NAS-Bench-101's for a 1Shot1 space
+  (`oneshot1.benchmark_for`); None otherwise."""
+  benchmark = oneshot1.benchmark_for(config)
+  return benchmark if benchmark is not None else nb201.table_for(config)
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Run (or resume) a search; returns the last epoch's record. Raises run.Preempted after
   saving a checkpoint when SIGTERM arrives."""
   check_config(config)
-  table = nb201.table_for(config)  # the NAS-Bench-201 accuracy table, when one is set
+  table = benchmark_for(config)
   run.start(config, workdir)
 
   # Mesh.
@@ -232,7 +243,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 def _end_of_epoch(config, model, state, epoch, sums, spe, eval_source, infer, sharded, writer,
                   workdir, seconds, table=None) -> dict:
   """Epoch means, accuracy on the alpha half, genotype and A: logged and written; with a
-  NAS-Bench-201 table, the cell's benchmark accuracies and ranks (`nb201.Table.query`)."""
+  benchmark table, the cell's benchmark scores (`nb201.Table.query`: accuracies and ranks;
+  `oneshot1.Benchmark.query`: accuracies and test regret)."""
   A = jax.device_get(step.mixing_weights(state["alpha"]))
   geno = genotype.derive(A, model.space)
   record = {f"{k}": v / spe for k, v in sums.items()}
@@ -247,7 +259,7 @@ def _end_of_epoch(config, model, state, epoch, sums, spe, eval_source, infer, sh
     record.update(eval_loss=loss / len(eval_source.labels),
                   eval_accuracy=correct / len(eval_source.labels))
   if table is not None:
-    record.update(table.query(geno["nb201"]))
+    record.update(table.query(geno["nb201"] if "nb201" in geno else geno["nb101"]))
   done = (epoch + 1) * spe
   writer.write("epoch", done, {**record, "genotype": geno,
                                "A": {t: np.asarray(a) for t, a in A.items()}})

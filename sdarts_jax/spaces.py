@@ -17,10 +17,16 @@ node i summing edges from every earlier state, so 6 edges (1<-0, 2<-0, 2<-1, 3<-
 3<-2 in NAS-Bench-201's numbering, where state k is node k and node 3 is the output). Its
 reductions are fixed ResNet blocks, so it searches one cell type, the normal cell: the
 mixing weights are A = {"normal": [6, 5]}, shared by every cell.
+
+The NAS-Bench-1Shot1 spaces (`1shot1_ss1`, `1shot1_ss2`, `1shot1_ss3`) are NAS-Bench-101
+cells, not edge lists: `OneShot1Space` names one of `nb101.SPACES`, whose alpha is a dict
+of several arrays (`nb101.alpha_shapes`).
 """
 from __future__ import annotations
 
 import dataclasses
+
+from sdarts_jax import nb101
 
 NUM_NODES = 4
 CELL_TYPES = ("normal", "reduce")
@@ -127,6 +133,26 @@ class SearchSpace:
     """Shape of alpha (and of the mixing weights A) for one cell type: [edges, ops]."""
     return (self.topology.num_edges, self.num_ops)
 
+  def alpha_shapes(self) -> dict[str, tuple[int, int]]:
+    """The shape of every array of alpha, by key: one [edges, ops] per cell type."""
+    return {cell_type: self.alpha_shape() for cell_type in self.cell_types}
+
+
+@dataclasses.dataclass(frozen=True)
+class OneShot1Space:
+  """A NAS-Bench-1Shot1 search space under its config name.
+
+  Attributes:
+    name: `config.space`, "1shot1_" + the cell space's name.
+    cell: the `nb101.Space` (parents per node; the ops are `nb101.OPS` at every node).
+  """
+  name: str
+  cell: nb101.Space
+
+  def alpha_shapes(self) -> dict[str, tuple[int, int]]:
+    """The shape of every array of alpha, by key (`nb101.alpha_shapes`)."""
+    return nb101.alpha_shapes(self.cell)
+
 
 def _uniform(name: str, ops: tuple[str, ...]) -> SearchSpace:
   edges = (tuple(ops),) * NUM_EDGES
@@ -150,14 +176,19 @@ SPACES: dict[str, SearchSpace] = {
     "s4": _uniform("s4", ("noise", "sep_conv_3x3")),
 }
 
-# Benchmark spaces with their own cell topology and network (`sdarts_jax.supernet.build`).
-BENCHMARK_SPACES: dict[str, SearchSpace] = {
+# Benchmark spaces with their own cell topology and network (`sdarts_jax.search.build_model`).
+BENCHMARK_SPACES: dict[str, SearchSpace | OneShot1Space] = {
     "nb201": SearchSpace("nb201", (NB201_OPS,) * NB201_CELL.num_edges, topology=NB201_CELL),
+    **{f"1shot1_{name}": OneShot1Space(f"1shot1_{name}", cell)
+       for name, cell in nb101.SPACES.items()},
 }
 
 
-def validate(space: SearchSpace) -> None:
-  """Raises ValueError unless `space` is one its topology's supernet can build."""
+def validate(space: SearchSpace | OneShot1Space) -> None:
+  """Raises ValueError unless `space` is one its topology's supernet can build (a
+  `OneShot1Space` always is: its cells are `nb101.SPACES`)."""
+  if isinstance(space, OneShot1Space):
+    return
   for cell_type in space.cell_types:
     edges = space.ops(cell_type)
     if len(edges) != space.topology.num_edges:
@@ -173,7 +204,7 @@ def validate(space: SearchSpace) -> None:
                          f"{space.num_ops} distinct ops, got {ops}")
 
 
-def get_space(name: str) -> SearchSpace:
+def get_space(name: str) -> SearchSpace | OneShot1Space:
   """The registered space called `name`; ValueError naming the known ones otherwise."""
   known = {**SPACES, **BENCHMARK_SPACES}
   if name not in known:

@@ -2,7 +2,9 @@
 
 `Supernet.apply(variables, x, A, train)` maps images x [N, H, W, 3] and mixing weights
 A = {"normal": [14, K], "reduce": [14, K]} to logits [N, classes]; `NB201Supernet`, the
-NAS-Bench-201 search network, does the same with A = {"normal": [6, 5]}. The architecture is
+NAS-Bench-201 search network, does the same with A = {"normal": [6, 5]}, and
+`OneShot1Supernet`, the NAS-Bench-1Shot1 one-shot model, with A = {"mixed_op": [N, 3],
+"output": [1, N + 1], "inputs_v": [1, v], ...} (`nb101.alpha_shapes`). The architecture is
 never a module parameter: alpha lives in the search state and A = softmax(alpha) (or a
 perturbed version of it) is passed in on every call.
 
@@ -16,8 +18,9 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax import lax
 
-from sdarts_jax import ops, spaces
+from sdarts_jax import nb101, ops, spaces
 
 
 def mixed_nodes(states, topology: spaces.Topology, edge_ops, weights, strides, impl: str,
@@ -226,3 +229,121 @@ class NB201Supernet(nn.Module):
       x, _ = stage(cells, x, A["normal"], train, need)
     x = nn.relu(ops.BatchNorm(affine=True, momentum=self.bn_momentum, name="last_bn")(x, train))
     return classifier(self, x, self.num_classes)
+
+
+# ---------------------------------------------------------------- NAS-Bench-1Shot1
+
+class ConvBNReLU(nn.Module):
+  """NAS-Bench-101's conv-bn-relu: a kxk convolution (padding (k - 1) // 2, no bias),
+  BatchNorm with a learned scale and bias, ReLU. x [N, H, W, C] -> [N, H, W, features]."""
+  features: int
+  kernel_size: int
+  impl: str
+  bn_momentum: float
+
+  @nn.compact
+  def __call__(self, x, train, need=ops.ALL_GRADS):
+    k, c = self.kernel_size, x.shape[-1]
+    kernel = self.param("kernel", ops.torch_uniform(k * k * c), (k, k, c, self.features))
+    y = ops.conv(x, kernel, impl=self.impl, need=need)
+    return nn.relu(ops.BatchNorm(affine=True, momentum=self.bn_momentum, name="bn")(y, train))
+
+
+class OneShot1Cell(nn.Module):
+  """A NAS-Bench-1Shot1 one-shot cell (the reference's `Cell` with output weights).
+
+  Vertex 0 is the cell input x; node v = 1 .. N is a choice block: the sum of its candidate
+  parents weighted by A["inputs_v"] (vertex 0 enters through the node's own 1x1
+  projection of x; a node that does not choose its parents sums them unweighted), then
+  sum_k A["mixed_op"][v - 1, k] * op_k of it, op_k in `nb101.OPS` order (maxpool3x3 without
+  BatchNorm, conv3x3-bn-relu, conv1x1-bn-relu). The output is
+  A["output"][0, 0] * proj_out(x) + concat_v(A["output"][0, v] * node_v), proj_out a 1x1
+  conv-bn-relu to N * C channels. The N + 1 projections of x are one 1x1 convolution
+  (parameter "proj" [C_in, 2 N C], node v's columns (v - 1) C .. v C, the output's the last
+  N C) with one BatchNorm; the parameter count is the reference's.
+
+  Call: x [N, H, W, C_in], A (the alpha pytree of `nb101.alpha_shapes(space)`) ->
+  [N, H, W, N * C].
+  """
+  space: nb101.Space
+  channels: int
+  impl: str
+  bn_momentum: float
+
+  @nn.compact
+  def __call__(self, x, A, train, need=ops.ALL_GRADS):
+    n, c = self.space.num_nodes, self.channels
+    proj = ConvBNReLU(2 * n * c, 1, self.impl, self.bn_momentum, name="proj")(x, train, need)
+    states = []
+    for v in range(1, n + 1):
+      candidates = [proj[..., (v - 1) * c:v * c]] + states
+      key = nb101.input_key(v)
+      weights = A[key][0] if key in A else jnp.ones(v, x.dtype)
+      node_in = sum(w * s for w, s in zip(weights, candidates))
+      w_op = A["mixed_op"][v - 1]
+      outs = {nb101.MAXPOOL3X3: ops.max_pool_3x3(node_in, 1),
+              nb101.CONV3X3: ConvBNReLU(c, 3, self.impl, self.bn_momentum,
+                                        name=f"node_{v}_conv3x3")(node_in, train, need),
+              nb101.CONV1X1: ConvBNReLU(c, 1, self.impl, self.bn_momentum,
+                                        name=f"node_{v}_conv1x1")(node_in, train, need)}
+      states.append(sum(w_op[k] * outs[op] for k, op in enumerate(nb101.OPS)))
+    w_out = A["output"][0]
+    return w_out[0] * proj[..., n * c:] + jnp.concatenate(
+        [w_out[v] * s for v, s in enumerate(states, start=1)], axis=-1)
+
+
+def max_pool_2x2_pad1(x):
+  """2x2 max pooling, stride 2, padding 1 (PyTorch's MaxPool2d(2, 2, padding=1), the
+  reference's downsampling): [N, H, W, C] -> [N, H // 2 + 1, W // 2 + 1, C]."""
+  return lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1),
+                           [(0, 0), (1, 1), (1, 1), (0, 0)])
+
+
+class OneShot1Supernet(nn.Module):
+  """The NAS-Bench-1Shot1 one-shot model (the reference's optimizers/darts/model_search.py
+  `Network`): a 3x3 conv-bn-relu stem to C channels, `layers` cells in three stacks, C
+  doubled and the input max-pooled (`max_pool_2x2_pad1`) before cells layers // 3 and
+  2 layers // 3, then ReLU, 1x1 convolution to the last stack's C, non-affine BatchNorm,
+  global pool, dense. Every cell shares A.
+
+  `apply(variables, x, A, train, need)` as `Supernet`, with A the pytree of
+  `nb101.alpha_shapes(space.cell)`: {"mixed_op": [N, 3], "output": [1, N + 1],
+  "inputs_v": [1, v] ...}, each row on the simplex.
+
+  Attributes:
+    space: the `spaces.OneShot1Space`.
+    num_classes: classifier outputs.
+    channels: C (16 in the reference).
+    layers: cells (9 in the reference, 3 per stack).
+    impl: as `Supernet`.
+    bn_momentum: Flax-convention momentum of the conv-bn-relu BatchNorms (the reference
+      gives PyTorch momentum 0.997, NAS-Bench-101's TensorFlow decay: Flax 0.003).
+    head_bn_momentum: that of the BatchNorm before the classifier (PyTorch's default 0.1:
+      Flax 0.9).
+  """
+  space: spaces.OneShot1Space
+  num_classes: int
+  channels: int = 16
+  layers: int = 9
+  impl: str = "fused"
+  bn_momentum: float = 0.003
+  head_bn_momentum: float = 0.9
+
+  @property
+  def num_cells(self) -> int:
+    return self.layers
+
+  @nn.compact
+  def __call__(self, x, A, train, need=ops.ALL_GRADS):
+    c = self.channels
+    s = ConvBNReLU(c, 3, self.impl, self.bn_momentum, name="stem")(x, train, need)
+    for i in range(self.layers):
+      if i in (self.layers // 3, 2 * self.layers // 3):
+        c *= 2
+        s = max_pool_2x2_pad1(s)
+      s = OneShot1Cell(self.space.cell, c, self.impl, self.bn_momentum, name=f"cell_{i}")(
+          s, A, train, need)
+    kernel = self.param("post_kernel", ops.torch_uniform(s.shape[-1]), (1, 1, s.shape[-1], c))
+    s = ops.conv(nn.relu(s), kernel, impl=self.impl, need=need)
+    s = ops.BatchNorm(momentum=self.head_bn_momentum, name="post_bn")(s, train)
+    return classifier(self, s, self.num_classes)
