@@ -229,7 +229,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
                         os.path.join(workdir, "genotype.json"))
         ckpt.save(done, state, dict(meta, lambda_max=tracker.history, early_stopped=True))
         break
-      if (epoch + 1) % config.checkpoint_every_epochs == 0 or done == total_steps:
+      # A run stopping now saves this step below (orbax refuses a step twice).
+      if not stopping and ((epoch + 1) % config.checkpoint_every_epochs == 0
+                           or done == total_steps):
         ckpt.save(done, state, dict(meta, lambda_max=tracker.history))
       t_fetch = time.time()  # the progress rate counts step time alone
     if stopping:
