@@ -23,6 +23,9 @@ import numpy as np
 
 from sdarts_jax import metrics, nb101, nb201, spaces
 
+# Genotype keys of benchmark cells: (benchmark, the config field of its table).
+BENCHMARK_CELLS = {"nb201": ("NAS-Bench-201", "config.nb201.table"),
+                   "nb101": ("NAS-Bench-101", "config.nasbench101.file")}
 Genotype = dict[str, Any]  # {"normal": [[op, input], ...], "normal_concat": [...], "reduce"...}
 EDGES_PER_NODE = 2
 
@@ -136,10 +139,10 @@ def resolve(name_or_path: str) -> Genotype:
     return table[name_or_path]
   if os.path.isfile(name_or_path):
     genotype = load(name_or_path)
-    if "nb201" in genotype or "nb101" in genotype:
-      raise ValueError(f"{name_or_path} holds a NAS-Bench-201 or -101 cell; its accuracy comes "
-                       f"from the benchmark table (config.nb201.table, "
-                       f"config.nasbench101.file), not from training it here")
+    for key, (benchmark, field) in BENCHMARK_CELLS.items():
+      if key in genotype:
+        raise ValueError(f"{name_or_path} holds a {benchmark} cell; its accuracy comes from the "
+                         f"benchmark table ({field}), not from training it here")
     return genotype
   raise ValueError(f"unknown genotype {name_or_path!r}: neither a file nor a published name "
                    f"({', '.join(sorted(table))})")

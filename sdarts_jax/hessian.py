@@ -8,8 +8,10 @@ coordinates in the DARTS spaces) for whole spectra. Their loops compile into
 `lax.fori_loop`s on GPU/TPU and run from Python over a compiled body on CPU (`fori_loop`).
 
 The loss is a function of one flat vector `x`: raw alpha (`wrt="alpha"`, through the
-softmax) or the mixing weights A (`wrt="A"`), [2 * edges * ops] in both cases, ordered as
-`jax.flatten_util.ravel_pytree` orders {"normal", "reduce"}. Options reproduce the
+softmax) or the mixing weights A (`wrt="A"`), every entry of every array of the alpha pytree
+in both cases ([2 * edges * ops] in the DARTS spaces; 24, 26 and 35 in NAS-Bench-1Shot1's
+ss1, ss2, ss3, whose output and input weights count too), ordered as
+`jax.flatten_util.ravel_pytree` orders the pytree's keys. Options reproduce the
 measurement of the official code, which computes eigenvalues only in its NAS-Bench-1Shot1
 searches (optimizers/analyze.py): BatchNorm in train mode, one batch, alpha weight decay on
 the diagonal.
@@ -46,7 +48,8 @@ def make_loss(model, options: HessianLoss, params, batch_stats, alpha, images, l
   """(loss of a flat vector, the flat vector at alpha's current value).
 
   images: [B, N, H, W, 3] float (B batches, already preprocessed), labels [B, N] int; the
-  loss is the mean over the B batches. alpha: {"normal": [14, K], "reduce": [14, K]}.
+  loss is the mean over the B batches. alpha: the search state's alpha pytree, e.g.
+  {"normal": [14, K], "reduce": [14, K]}.
   """
   if options.wrt not in ("alpha", "A"):
     raise ValueError(f"wrt={options.wrt!r}; use 'alpha' or 'A'")

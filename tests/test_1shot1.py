@@ -119,6 +119,21 @@ def test_model_matches_a_plain_reference():
   np.testing.assert_allclose(logits, want, rtol=1e-4, atol=1e-5)
 
 
+def test_nb101_genotype_is_checked_on_load(tmp_path):
+  alpha = {k: jnp.zeros(s) for k, s in spaces.get_space("1shot1_ss1").alpha_shapes().items()}
+  cell = genotype.derive(alpha, spaces.get_space("1shot1_ss1"))
+  path = str(tmp_path / "genotype.json")
+  genotype.save(cell, path)
+  assert genotype.load(path) == cell
+  with pytest.raises(ValueError, match="NAS-Bench-101 cell"):
+    genotype.resolve(path)  # evaluation trains DARTS cells only
+  assert cell["nb101"]["ops"][1] == nb101.MAXPOOL3X3  # ties go to the first op
+  cell["nb101"]["ops"][1] = nb101.CONV3X3
+  genotype.save(cell, path)
+  with pytest.raises(ValueError, match="hash does not match"):
+    genotype.load(path)
+
+
 # ---------------------------------------------------------------- the Hessian
 
 def test_hessian_on_the_one_shot_model_matches_jax_hessian():
