@@ -153,8 +153,8 @@ def nb201_search_config(method: str) -> ml_collections.ConfigDict:
 def oneshot1_search_config(method: str, space: str = "1shot1_ss1") -> ml_collections.ConfigDict:
   """SDARTS search in a NAS-Bench-1Shot1 space with the official settings (SmoothDARTS
   optimizers/darts/train_search.py, run as its README runs it, i.e. with the script's
-  defaults): search space 1, 100 epochs, batch 96, C=16, 9 cells, lambda_max every epoch,
-  and the optimisers, eps ramp, data split and seed of `search_config`, which that script
+  defaults): search space 1, 100 epochs, batch 96, C=16, 9 cells, lambda_max every epoch
+  (Lanczos over all of alpha's dimensions), and the optimisers, eps ramp, data split and seed of `search_config`, which that script
   shares."""
   c = search_config(method)
   c.space = space            # 1shot1_ss1 | 1shot1_ss2 | 1shot1_ss3
@@ -168,6 +168,7 @@ def oneshot1_search_config(method: str, space: str = "1shot1_ss1") -> ml_collect
       impl="auto",           # convolutions: auto | fused | grouped (see sdarts_jax.ops)
   ))
   c.hessian.every_epochs = 1  # the reference computes the Hessian's eigenvalues every epoch
+  c.hessian.lanczos_iters = 35  # >= alpha's size (24, 26, 35): exact, as its dense Hessian
   c.nasbench101 = ml_collections.ConfigDict(dict(
       file="",               # nasbench_only108.tfrecord: score the derived cell every epoch
   ))
