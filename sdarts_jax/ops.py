@@ -436,8 +436,24 @@ class MixedOps(nn.Module):
       total = term if total is None else total + term
     if total is None:  # every op on these edges is `none`
       n, h, w_, c = x[:, ::self.stride, ::self.stride].shape
-      total = jnp.zeros((n, h, w_, n_edges, c), x.dtype)
-    return total
+      return jnp.zeros((n, h, w_, n_edges, c), x.dtype)
+    return materialize(total, need)
+
+
+def materialize(x: jax.Array, need) -> jax.Array:
+  """x, computed once into a buffer of its own: the value of x, unchanged.
+
+  XLA:CPU fuses cheap elementwise producers into every consumer, duplicating them. In the
+  supernet a mixed op's output (the weighted sum of every op's BatchNorm output) and a node
+  (the sum of its edges) feed many consumers (the next ops' ReLUs, the pooling, the cell
+  output, and in the backward pass each ReLU's mask), and each consumer recomputed the whole
+  sum from up to ~100 inputs: the largest fusions of the step (measured with
+  benchmarks/profile_step.py). `lax.optimization_barrier` does not stop this (XLA:CPU
+  removes it before fusion); the result of a `lax.cond` is always a buffer. The predicate
+  `need >= 0` is always true but, when `need` is traced (the search step), unknown to the
+  compiler; with a constant `need` XLA removes the cond and nothing changes.
+  """
+  return lax.cond(jnp.asarray(need) >= 0, lambda v: v, jnp.zeros_like, x)
 
 
 def _ops_in_order(edge_ops: Sequence[Sequence[str]]) -> list[str]:

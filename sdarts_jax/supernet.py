@@ -46,7 +46,9 @@ def mixed_nodes(states, topology: spaces.Topology, edge_ops, weights, strides, i
       term = out[:, :, :, slot]
       nodes[node] = term if nodes[node] is None else nodes[node] + term
     if src >= topology.inputs - 1:  # node src - inputs + 1 has received all its edges
-      states.append(nodes[src - topology.inputs + 1])
+      i = src - topology.inputs + 1
+      nodes[i] = ops.materialize(nodes[i], need)
+      states.append(nodes[i])
   return nodes
 
 
