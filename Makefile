@@ -37,7 +37,7 @@ demo: install
 	  $(if $(DEMO_URL),--url='$(DEMO_URL)') $(if $(DEMO_CHECKSUMS),--checksums='$(DEMO_CHECKSUMS)')
 
 test: install
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25 tests
 
 bench: install
 	$(PY) benchmarks/search_step.py

@@ -28,6 +28,17 @@ def _f64(tree):
   return jax.tree.map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, tree)
 
 
+@functools.lru_cache(maxsize=None)
+def dense_hessian(options: hessian.HessianLoss) -> np.ndarray:
+  """jax.hessian of the loss `options` defines at setup()'s state, in float64 (computed
+  once per options: several tests compare with the same matrix)."""
+  model, state, x, y = setup()
+  with jax.enable_x64(True):
+    params, stats, alpha, x64 = _f64((state["params"], state["batch_stats"], state["alpha"], x))
+    loss, x0 = hessian.make_loss(model, options, params, stats, alpha, x64, y, KEY)
+    return np.asarray(jax.jit(jax.hessian(loss))(x0))
+
+
 @pytest.mark.parametrize("wrt", ["alpha", "A"])
 def test_hvp_equals_dense_hessian_times_v(wrt):
   model, state, x, y = setup()
@@ -38,13 +49,11 @@ def test_hvp_equals_dense_hessian_times_v(wrt):
     assert x0.dtype == jnp.float64 and x0.shape == (2 * 14 * 3,)
     v = jax.random.normal(KEY, x0.shape, jnp.float64)
     hv = jax.jit(lambda v: hessian.hvp(loss, x0, v))(v)
-    h = jax.jit(jax.hessian(loss))(x0)
+    h = dense_hessian(options)
     np.testing.assert_allclose(hv, h @ v, rtol=1e-9, atol=1e-12)
     # alpha's weight decay w adds w I: every eigenvalue moves by exactly w.
-    no_decay = dataclasses.replace(options, weight_decay=0.0)
-    loss0, _ = hessian.make_loss(model, no_decay, params, stats, alpha, x64, y, KEY)
-    h0 = jax.jit(jax.hessian(loss0))(x0)
-    shift = np.linalg.eigvalsh(np.asarray(h)) - np.linalg.eigvalsh(np.asarray(h0))
+    h0 = dense_hessian(dataclasses.replace(options, weight_decay=0.0))
+    shift = np.linalg.eigvalsh(h) - np.linalg.eigvalsh(h0)
     np.testing.assert_allclose(shift, 1e-3, rtol=1e-9, atol=1e-12)
 
 
@@ -59,8 +68,7 @@ def test_lanczos_and_spectrum_match_eigh(host):
   with jax.enable_x64(True):
     params, stats, alpha, x64 = _f64((state["params"], state["batch_stats"], state["alpha"], x))
     args = (params, stats, alpha, x64, y, KEY)
-    loss, x0 = hessian.make_loss(model, options, params, stats, alpha, x64, y, KEY)
-    want = np.linalg.eigvalsh(np.asarray(jax.jit(jax.hessian(loss))(x0)))[::-1]
+    want = np.linalg.eigvalsh(dense_hessian(options))[::-1]
     h, eig = spectrum(*args)
     np.testing.assert_allclose(eig, want, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(np.linalg.eigvalsh(np.asarray(h))[::-1], want, rtol=1e-9,
