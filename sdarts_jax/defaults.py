@@ -130,6 +130,20 @@ def apply_search_args(c: ml_collections.ConfigDict, arg: str | None,
   return c
 
 
+def demo_config() -> ml_collections.ConfigDict:
+  """The `make demo` search: SDARTS-ADV on a small supernet and 1,280 CIFAR-10 images (640
+  train the weights, 640 alpha: 20 steps per epoch), 3 epochs; the data source is set by
+  `python -m sdarts_jax.demo`."""
+  c = search_config("adv")
+  c.epochs = 3
+  c.model.layers = 5
+  c.model.channels = 4
+  c.data.batch_size = 32
+  c.data.max_examples = 1280
+  c.log_every_steps = 5
+  return c
+
+
 def nb201_search_config(method: str) -> ml_collections.ConfigDict:
   """SDARTS search in the NAS-Bench-201 space with the official settings (SmoothDARTS
   nasbench201/train_search.py): 100 epochs, batch 64, C=16, N=5 cells per stage, and the

@@ -80,10 +80,9 @@ def no_data_message(reason: str, fallback: str) -> str:
 
 def main(argv):
   del argv
-  from configs import demo as demo_config
-  from sdarts_jax import run, search
+  from sdarts_jax import defaults, run, search
   run.quiet_libraries()
-  config = demo_config.get_config()
+  config = defaults.demo_config()
   f = flags.FLAGS
   try:
     checksums = download.parse_checksums(f.checksums)

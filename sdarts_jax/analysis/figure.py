@@ -17,9 +17,9 @@ from absl import app, flags
 
 
 def config_for(method: str):
-  from configs import cifar10_adv, cifar10_darts, cifar10_rs
+  from sdarts_jax import defaults
   f = flags.FLAGS
-  c = {"darts": cifar10_darts, "rs": cifar10_rs, "adv": cifar10_adv}[method].get_config()
+  c = defaults.search_config(method)  # configs/cifar10_<method>.py without arguments
   c.space = f.space
   c.epochs = f.epochs
   c.model.layers, c.model.channels = f.layers, f.channels
