@@ -72,3 +72,31 @@ def test_hessian_over_checkpoints(workdir, tmp_path):
 def test_open_run_errors(tmp_path):
   with pytest.raises(ValueError, match="not a search workdir"):
     runs.open_run(str(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["nb201", "1shot1_ss3", "s1"])
+def test_alpha_heatmaps_of_every_space(tmp_path, name, monkeypatch):
+  """One heat map per array of A, labelled by the space (NAS-Bench-201's single cell and
+  1Shot1's differently shaped arrays used to fail: the plot assumed normal + reduce)."""
+  from sdarts_jax import spaces
+  space = spaces.get_space(name)
+  shapes = space.alpha_shapes()
+  rng = np.random.default_rng(0)
+  A = {k: rng.dirichlet(np.ones(s[1]), s[0]) for k, s in shapes.items()}
+  titles, labels = [], []
+  real = plots.plt.subplots
+
+  def subplots(*args, **kwargs):  # record what each panel shows
+    fig, axes = real(*args, **kwargs)
+    for ax in axes.ravel():
+      monkeypatch.setattr(ax, "set_title", lambda t, ax=ax: titles.append(t))
+      monkeypatch.setattr(ax, "set_yticklabels", lambda l, ax=ax, **kw: labels.append(list(l)))
+    return fig, axes
+
+  monkeypatch.setattr(plots.plt, "subplots", subplots)
+  plots.alpha_heatmaps(A, space, name, str(tmp_path / "a.png"))
+  assert os.path.getsize(tmp_path / "a.png") > 1000
+  assert titles == list(shapes)
+  assert [len(l) for l in labels] == [s[0] for s in shapes.values()]
+  if name == "nb201":
+    assert labels[0] == ["0->1", "0->2", "1->2", "0->3", "1->3", "2->3"]

@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sdarts_jax import metrics, spaces  # noqa: E402
+from sdarts_jax import metrics, nb101, spaces  # noqa: E402
 
 
 def run_label(workdir: str) -> str:
@@ -34,22 +34,36 @@ def trajectories(series: dict[str, list[tuple[int, float]]], out: str,
   plt.close(fig)
 
 
-def alpha_heatmaps(A: dict[str, np.ndarray], space: spaces.SearchSpace, title: str,
-                   out: str) -> None:
-  """softmax(alpha) of both cell types as heat maps (edges x ops), saved as a PNG."""
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), dpi=120)
-  for ax, cell_type in zip(axes, spaces.CELL_TYPES):
-    a = np.asarray(A[cell_type])
+def alpha_heatmaps(A: dict[str, np.ndarray], space, title: str, out: str) -> None:
+  """Every array of the mixing weights A as a heat map (rows x ops), side by side, saved as
+  a PNG: the normal and reduction cells of the DARTS spaces ([14, K] each), NAS-Bench-201's
+  cell ([6, 5]), or the arrays of a NAS-Bench-1Shot1 space (mixed_op [N, 3], output and
+  each node's input weights [1, n]). space: a `spaces.SearchSpace` or `spaces.OneShot1Space`."""
+  fig, axes = plt.subplots(1, len(A), figsize=(5 * len(A), 4.5), dpi=120, squeeze=False)
+  for ax, name in zip(axes[0], A):
+    a = np.asarray(A[name])
     im = ax.imshow(a, cmap="viridis", vmin=0, vmax=max(a.max(), 1e-6), aspect="auto")
-    ops = space.ops(cell_type)[0] if len(set(space.ops(cell_type))) == 1 else None
+    cols, rows = _heatmap_labels(space, name, a.shape)
     ax.set_xticks(range(a.shape[1]))
-    ax.set_xticklabels(ops if ops else [f"op {k}" for k in range(a.shape[1])], rotation=60,
-                       ha="right", fontsize=7)
+    ax.set_xticklabels(cols, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(a.shape[0]))
-    ax.set_yticklabels([f"{s}->{t + 2}" for s, t in spaces.edge_endpoints()], fontsize=7)
-    ax.set_title(cell_type)
+    ax.set_yticklabels(rows, fontsize=7)
+    ax.set_title(name)
     fig.colorbar(im, ax=ax, fraction=0.046)
   fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(out)
   plt.close(fig)
+
+
+def _heatmap_labels(space, name: str, shape: tuple[int, int]) -> tuple[list[str], list[str]]:
+  """(column labels: op names, row labels: edges "source->target" or node numbers) of the
+  array `name` of A."""
+  if isinstance(space, spaces.OneShot1Space):
+    if name == "mixed_op":
+      return list(nb101.OPS), [f"node {v + 1}" for v in range(shape[0])]
+    return [f"{'input' if k == 0 else f'node {k}'}" for k in range(shape[1])], [name]
+  ops = space.ops(name)
+  cols = list(ops[0]) if len(set(ops)) == 1 else [f"op {k}" for k in range(shape[1])]
+  inputs = space.topology.inputs
+  return cols, [f"{s}->{t + inputs}" for s, t in space.topology.edges()]
