@@ -451,9 +451,12 @@ def materialize(x: jax.Array, need) -> jax.Array:
   benchmarks/profile_step.py). `lax.optimization_barrier` does not stop this (XLA:CPU
   removes it before fusion); the result of a `lax.cond` is always a buffer. The predicate
   `need >= 0` is always true but, when `need` is traced (the search step), unknown to the
-  compiler; with a constant `need` XLA removes the cond and nothing changes.
+  compiler. With a constant `need` (a Python int: plain forward passes, the Hessian) x is
+  returned as it is.
   """
-  return lax.cond(jnp.asarray(need) >= 0, lambda v: v, jnp.zeros_like, x)
+  if isinstance(need, int):
+    return x
+  return lax.cond(need >= 0, lambda v: v, jnp.zeros_like, x)
 
 
 def _ops_in_order(edge_ops: Sequence[Sequence[str]]) -> list[str]:

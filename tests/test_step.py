@@ -87,7 +87,10 @@ def compiled_reference(method):
   return jax.jit(functools.partial(reference_step, config, model, preprocess))
 
 
-@pytest.mark.parametrize("method", ["darts", "rs", "adv"])
+# ADV runs every phase of the scan (alpha, clean, pgd, attacked, weights); DARTS and RS (the
+# alpha and weights phases, RS's noise) are checked against the official code by
+# test_golden.py's search steps, so they are not compiled a second time here (CI budget).
+@pytest.mark.parametrize("method", ["adv"])
 def test_step_equals_plain_reference(method):
   _, _, state, batches, _ = setup(method)
   batch = batches.batch(0, 0)
