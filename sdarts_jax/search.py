@@ -16,6 +16,7 @@ import numpy as np
 
 from sdarts_jax import (checkpoint, data, genotype, hessian, losses, metrics, nb201, oneshot1, ops,
                         optim, parallel, run, spaces, step, supernet)
+from sdarts_jax.analysis import draw
 
 
 # ---------------------------------------------------------------- checks
@@ -239,6 +240,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   ckpt.wait()
   ckpt.close()
   writer.close()
+  if metrics.is_writer():
+    _draw_cell(os.path.join(workdir, "genotype.json"))
   return record
 
 
@@ -279,6 +282,15 @@ def _end_of_epoch(config, model, state, epoch, sums, spe, eval_source, infer, sh
 
 def _genotype_path(workdir: str, epoch: int) -> str:
   return os.path.join(workdir, "genotypes", f"epoch_{epoch:03d}.json")
+
+
+def _draw_cell(path: str) -> None:
+  """The final cell's drawing beside its genotype file (`draw.draw_beside`: genotype.png,
+  genotype.svg). A failure is a warning: the search's results stand without the picture."""
+  try:
+    draw.draw_beside(path)
+  except Exception as e:  # noqa: BLE001 (a bug in the drawing must not cost a search)
+    metrics.warn(f"could not draw the cell in {path}: {type(e).__name__}: {e}")
 
 
 class HessianTracker:
