@@ -7,12 +7,12 @@ the project's, and imports the official code from --ref, the root of its checkou
 folder holding sota/, optimizers/ and attacker/); nothing of it is copied here. It builds
 `sota.cnn.model_search.Network` on `sota.cnn.spaces.spaces_dict[space]` with the official
 optimisers (SGD lr 0.025, momentum 0.9, weight decay 3e-4; `optimizers.darts.architect.
-Architect`: Adam lr 3e-4, weight decay 1e-3, first order) and times the body of the loop of
-`train()` in sota/cnn/train_search.py, calling the official functions: `architect.step` on
-the validation batch, `model.softmax_arch_parameters`, the perturbation of
-attacker/perturb.py (darts: none, rs: `Random_alpha`, adv: `Linf_PGD_alpha`, 7 steps) at the
-first epoch's eps (0.03), the weight step with `clip_grad_norm_(.., 5)`,
-`model.restore_arch_parameters`.
+Architect`: Adam lr 3e-4, weight decay 1e-3, first order, or unrolled for darts2) and times
+the body of the loop of `train()` in sota/cnn/train_search.py, calling the official
+functions: `architect.step` on the validation batch, `model.softmax_arch_parameters`, the
+perturbation of attacker/perturb.py (darts, darts2: none, rs: `Random_alpha`, adv:
+`Linf_PGD_alpha`, 7 steps) at the first epoch's eps (0.03), the weight step with
+`clip_grad_norm_(.., 5)`, `model.restore_arch_parameters`.
 
 Left out of the timing, on purpose: the data loader (the official loop decodes and augments
 on the CPU in the training process and builds a new iterator over the validation sampler
@@ -81,8 +81,9 @@ def measure(ref: str, method: str, layers: int, channels: int, batch: int, space
 
   if space not in spaces_dict:
     sys.exit(f"error: --space={space}: the official code has {sorted(spaces_dict)}")
-  perturb_alpha = {"darts": None, "rs": Random_alpha, "adv": Linf_PGD_alpha}[method]
-  args = types.SimpleNamespace(**OFFICIAL_ARGS)
+  perturb_alpha = {"darts": None, "darts2": None, "rs": Random_alpha,
+                   "adv": Linf_PGD_alpha}[method]
+  args = types.SimpleNamespace(**dict(OFFICIAL_ARGS, unrolled=method == "darts2"))
   torch.manual_seed(args.seed)
   criterion = nn.CrossEntropyLoss().cuda()
   model = Network(channels, 10, layers, criterion, spaces_dict[space]).cuda()
@@ -150,8 +151,8 @@ def main() -> None:
   if args.steps < 1:
     sys.exit("error: --steps must be at least 1")
   methods = args.methods.split(",")
-  if unknown := set(methods) - {"darts", "rs", "adv"}:
-    sys.exit(f"error: --methods: unknown {sorted(unknown)}; expected darts, rs, adv")
+  if unknown := set(methods) - {"darts", "darts2", "rs", "adv"}:
+    sys.exit(f"error: --methods: unknown {sorted(unknown)}; expected darts, darts2, rs, adv")
   if args.one:
     print(json.dumps(measure(ref, args.one, args.layers, args.channels, args.batch, args.space,
                              args.steps, args.threads)))

@@ -3,6 +3,7 @@ official PyTorch SDARTS step on request.
 
   python benchmarks/search_step.py                      # 5 cells, C=8, batch 32; darts rs adv
   python benchmarks/search_step.py --layers=8 --channels=16 --batch=64 --methods=adv
+  python benchmarks/search_step.py --methods=darts,darts2     # first against second order
   python benchmarks/search_step.py --reference=path/to/SDARTS --reference-python=.venv-ref/bin/python
   make bench-reference REF=path/to/SDARTS               # the same, making .venv-ref first
 
@@ -75,7 +76,8 @@ def measure(method: str, layers: int, channels: int, batch: int, space: str, ste
           "finite": bool(np.isfinite(float(m["train_loss"])))}
 
 
-LABELS = {"darts": "DARTS (1st order)", "rs": "SDARTS-RS", "adv": "SDARTS-ADV"}
+LABELS = {"darts": "DARTS (1st order)", "darts2": "DARTS (2nd order, exact H v)",
+          "rs": "SDARTS-RS", "adv": "SDARTS-ADV"}
 
 
 def cpu_model() -> str:

@@ -1,7 +1,8 @@
 """SDARTS search, method "rs", on CIFAR-10 with the paper's settings.
 
 Arguments (comma-separated): space=s5|darts|s1|s2|s3|s4, dataset=cifar10|cifar100|svhn,
-smoke. Example: --config=configs/cifar10_rs.py:space=s3,smoke
+order=1|2 (2: the second-order alpha step), smoke.
+Example: --config=configs/cifar10_rs.py:space=s3,smoke
 """
 from sdarts_jax import defaults
 

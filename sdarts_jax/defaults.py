@@ -57,8 +57,16 @@ def hessian_config() -> ml_collections.ConfigDict:
   ))
 
 
+def method_and_order(name: str) -> tuple[str, int | None]:
+  """A method name of the configs' arguments -> (config.method, config.alpha.order or None
+  to keep it): "darts2" is DARTS with the second-order alpha step, others name a method."""
+  return ("darts", 2) if name == "darts2" else (name, None)
+
+
 def search_config(method: str) -> ml_collections.ConfigDict:
-  """SDARTS search on CIFAR-10 in the DARTS space without `none` (SPEC sections 1-3)."""
+  """SDARTS search on CIFAR-10 in the DARTS space without `none` (SPEC sections 1-3).
+  method: darts, rs, adv, or darts2 (darts with config.alpha.order = 2)."""
+  method, order = method_and_order(method)
   c = ml_collections.ConfigDict()
   c.mode = "search"
   c.method = method          # darts | rs | adv
@@ -82,6 +90,12 @@ def search_config(method: str) -> ml_collections.ConfigDict:
       lr=3e-4, b1=0.5, b2=0.999, adam_eps=1e-8,
       weight_decay=1e-3,       # coupled L2, as PyTorch Adam(weight_decay=...)
       init_scale=1e-3,         # alpha = init_scale * N(0, 1)
+      order=order or 1,        # 1: first order (every SDARTS run); 2: DARTS's second order,
+                               # L_val at the weights after one virtual SGD step (lr = the
+                               # weight lr), the reference's --unrolled
+      hvp="exact",             # second order's mixed product H v: exact (autodiff) or
+                               # finite_difference (the reference's central difference)
+      hvp_r=0.01,              # finite_difference: step R = hvp_r / ||v||, as the reference
   ))
   c.perturb = ml_collections.ConfigDict(dict(
       eps_start=0.03, eps_max=0.3,  # eps = start + (max - start) * epoch / epochs
@@ -106,15 +120,21 @@ def dataset_name(arg: str) -> str:
 
 
 def apply_search_args(c: ml_collections.ConfigDict, arg: str | None,
-                      allowed: tuple[str, ...] = ("space", "dataset", "smoke")
+                      allowed: tuple[str, ...] = ("space", "dataset", "order", "smoke")
                       ) -> ml_collections.ConfigDict:
-  """Apply the arguments in `allowed` of "space=..", "method=darts|rs|adv", "dataset=..",
-  "smoke" (a run that finishes in a few minutes on CPU)."""
+  """Apply the arguments in `allowed` of "space=..", "method=darts|darts2|rs|adv",
+  "dataset=..", "order=1|2" (config.alpha.order: 2 is the second-order alpha step), "smoke"
+  (a run that finishes in a few minutes on CPU)."""
   args = parse_arg(arg, allowed)
   if "space" in args:
     c.space = args["space"]
   if "method" in args:
-    c.method = args["method"]
+    c.method, order = method_and_order(args["method"])
+    c.alpha.order = order or c.alpha.order
+  if "order" in args:
+    if args["order"] not in ("1", "2"):
+      raise ValueError(f"config argument order={args['order']!r}; use order=1 or order=2")
+    c.alpha.order = int(args["order"])
   if "dataset" in args:
     c.data.name = dataset_name(args["dataset"])
   if "smoke" in args:

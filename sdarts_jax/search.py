@@ -26,6 +26,7 @@ def check_config(config) -> None:
   if config.method not in step.METHODS:
     raise ValueError(f"unknown method {config.method!r} (config.method); known: "
                      f"{', '.join(step.METHODS)}")
+  step.check_alpha_step(config.alpha)
   space = spaces.get_space(config.space)
   spaces.validate(space)
   nb = isinstance(space, spaces.SearchSpace) and space.topology == spaces.NB201_CELL

@@ -9,13 +9,25 @@ batch, with BatchNorm in train or inference mode:
   adv:       alpha step -> clean loss (train, inference BN) -> 7 PGD steps -> attacked loss
              -> weight step
 
+With the second-order alpha step (config.alpha.order = 2, `sdarts_jax.unrolled`) the alpha
+step is three or four evaluations, all with BatchNorm in train mode: the train gradient at
+the weights w (which gives the unrolled weights w'), the validation gradients at w', and
+H v, either exactly at w (one reverse-over-reverse evaluation) or as a central difference
+at w + R v and w - R v:
+
+  order 2:   unroll (train) -> unrolled_val (val, at w') -> hvp, or hvp_plus -> hvp_minus
+             (train) -> then as above from the perturbation on
+
 XLA compiles every inlined copy of the supernet's forward and backward pass anew, and on
 XLA:CPU one copy of the paper-size supernet takes about a minute to compile. So the step
 runs its evaluations as the iterations of one `lax.scan` over a static list of *phases*:
 the body evaluates the supernet once at the request held in the carry (A, which batch, BN
-mode) and a `lax.switch` on the phase applies that phase's update, which also sets the
-next request. The supernet is compiled once per step function whatever the method;
-`tests/test_step.py` checks the result against the same step written without the scan.
+mode, and with the second order the weights) and a `lax.switch` on the phase applies that
+phase's update, which also sets the next request. The supernet is compiled once per step
+function whatever the method; the exact H v adds a second copy (its reverse-over-reverse
+evaluation, chosen by a `lax.cond` in the body). `tests/test_step.py` and
+`tests/test_second_order.py` check the result against the same step written without the
+scan.
 """
 from __future__ import annotations
 
@@ -26,10 +38,12 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from sdarts_jax import losses, ops, optim, perturb
+from sdarts_jax import losses, ops, optim, perturb, unrolled
 
 TRAIN, VAL = 0, 1  # which batch an evaluation uses
 METHODS = ("darts", "rs", "adv")
+ORDERS = (1, 2)  # config.alpha.order: first order, DARTS's second order
+HVPS = ("exact", "finite_difference")  # config.alpha.hvp: how the second order gets H v
 
 
 class Evaluation(NamedTuple):
@@ -41,6 +55,18 @@ class Evaluation(NamedTuple):
   batch_stats: Any
 
 
+def make_loss(model) -> Callable:
+  """loss(params, batch_stats, A, x, y, train_bn, key, need) -> (cross-entropy,
+  (accuracy, new batch_stats)); arguments as `make_evaluate`'s."""
+  def loss(params, batch_stats, A, x, y, train_bn, key, need):
+    logits, new = model.apply({"params": params, "batch_stats": batch_stats}, x, A, train_bn,
+                              need, mutable=["batch_stats"], rngs={"noise": key})
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
+    return losses.cross_entropy(logits, y), (accuracy, new["batch_stats"])
+
+  return loss
+
+
 def make_evaluate(model) -> Callable[..., Evaluation]:
   """evaluate(params, batch_stats, A, x, y, train_bn, key, need) -> Evaluation.
 
@@ -49,13 +75,7 @@ def make_evaluate(model) -> Callable[..., Evaluation]:
   caller uses: gradients it does not ask for are not computed (their values are
   meaningless, see `ops.NO_GRADS`).
   """
-  def loss_fn(params, batch_stats, A, x, y, train_bn, key, need):
-    logits, new = model.apply({"params": params, "batch_stats": batch_stats}, x, A, train_bn,
-                              need, mutable=["batch_stats"], rngs={"noise": key})
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
-    return losses.cross_entropy(logits, y), (accuracy, new["batch_stats"])
-
-  grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 2), has_aux=True)
+  grad_fn = jax.value_and_grad(make_loss(model), argnums=(0, 2), has_aux=True)
 
   def evaluate(params, batch_stats, A, x, y, train_bn, key, need=ops.ALL_GRADS) -> Evaluation:
     (loss, (accuracy, stats)), (g_params, g_A) = grad_fn(params, batch_stats, A, x, y,
@@ -65,6 +85,29 @@ def make_evaluate(model) -> Callable[..., Evaluation]:
   return evaluate
 
 
+def make_mixed_evaluate(model) -> Callable[..., Evaluation]:
+  """mixed(params, batch_stats, A, x, y, train_bn, key, need, v) -> Evaluation whose
+  grad_A is the mixed product H v = d/dA <grad_w L(w, A), v> (see `sdarts_jax.unrolled`)
+  and grad_params grad_w L(w, A); v: a pytree of params' shapes, the other arguments as
+  `make_evaluate`'s (need must ask for `ops.ALL_GRADS`).
+
+  Reverse over reverse: the pullback of A -> grad_w L(w, A), which differentiates the
+  written-out backward pass of `ops.conv` (forward mode cannot, see `ops.autodiff_impl`).
+  """
+  value_and_grad_w = jax.value_and_grad(make_loss(model), has_aux=True)
+
+  def mixed(params, batch_stats, A, x, y, train_bn, key, need, v) -> Evaluation:
+    def grad_w(A):
+      (loss, (accuracy, stats)), g = value_and_grad_w(params, batch_stats, A, x, y, train_bn,
+                                                      key, need)
+      return g, (loss, accuracy, stats)
+
+    g_params, pullback, (loss, accuracy, stats) = jax.vjp(grad_w, A, has_aux=True)
+    return Evaluation(loss, accuracy, g_params, pullback(v)[0], stats)
+
+  return mixed
+
+
 def mixing_weights(alpha):
   """A = softmax(alpha) per edge row. alpha: pytree of [edges, ops]."""
   return jax.tree.map(lambda a: jax.nn.softmax(a, axis=-1), alpha)
@@ -72,17 +115,49 @@ def mixing_weights(alpha):
 
 # ---------------------------------------------------------------- the step
 
-# The gradients each phase uses: the alpha step and PGD differentiate with respect to the
-# mixing weights only, the clean and attacked losses are values alone.
-NEEDS = {"alpha": ops.INPUT_GRADS, "clean": ops.NO_GRADS, "pgd": ops.INPUT_GRADS,
-         "attacked": ops.NO_GRADS, "weights": ops.ALL_GRADS}
+# The gradients each phase uses: the alpha step, the central difference and PGD
+# differentiate with respect to the mixing weights only, the clean and attacked losses are
+# values alone; the unrolled weights, v and the exact H v need the weight gradients.
+NEEDS = {"alpha": ops.INPUT_GRADS, "unroll": ops.ALL_GRADS, "unrolled_val": ops.ALL_GRADS,
+         "hvp": ops.ALL_GRADS, "hvp_plus": ops.INPUT_GRADS, "hvp_minus": ops.INPUT_GRADS,
+         "clean": ops.NO_GRADS, "pgd": ops.INPUT_GRADS, "attacked": ops.NO_GRADS,
+         "weights": ops.ALL_GRADS}
+# The evaluations of H v differentiate the train loss of the "unroll" evaluation.
+HVP_PHASES = ("hvp", "hvp_plus", "hvp_minus")
 
 
-def phases(method: str, pgd_steps: int) -> tuple[str, ...]:
-  """The evaluations of one step of `method`, in order."""
+def phases(method: str, pgd_steps: int, order: int = 1, hvp: str = "exact"
+           ) -> tuple[str, ...]:
+  """The evaluations of one step of `method` with the alpha step of `order`, in order."""
+  if order == 1:
+    architecture = ("alpha",)
+  else:
+    architecture = ("unroll", "unrolled_val") + (
+        ("hvp",) if hvp == "exact" else ("hvp_plus", "hvp_minus"))
   if method == "adv":
-    return ("alpha", "clean") + ("pgd",) * pgd_steps + ("attacked", "weights")
-  return ("alpha", "weights")
+    return architecture + ("clean",) + ("pgd",) * pgd_steps + ("attacked", "weights")
+  return architecture + ("weights",)
+
+
+def noise_indices(plan: tuple[str, ...]) -> list[int]:
+  """The index whose key each evaluation's `noise` op draws from: its position in the
+  plan, except that the evaluations of H v redraw the "unroll" evaluation's noise (they
+  differentiate that same train loss)."""
+  return [plan.index("unroll") if p in HVP_PHASES else i for i, p in enumerate(plan)]
+
+
+def check_alpha_step(cfg) -> None:
+  """ValueError for a config.alpha whose order, hvp or hvp_r names no alpha step."""
+  if cfg.order not in ORDERS:
+    raise ValueError(f"config.alpha.order={cfg.order!r}; use 1 (first order, as every "
+                     f"published SDARTS run) or 2 (DARTS's second order: the one-step "
+                     f"unrolled weights)")
+  if cfg.hvp not in HVPS:
+    raise ValueError(f"config.alpha.hvp={cfg.hvp!r}; use exact (autodiff) or "
+                     f"finite_difference (the reference's central difference)")
+  if not cfg.hvp_r > 0:
+    raise ValueError(f"config.alpha.hvp_r={cfg.hvp_r!r} must be positive (the central "
+                     f"difference's step is hvp_r / ||v||; the reference's is 0.01)")
 
 
 def make_step(model, config, steps_per_epoch: int, preprocess):
@@ -94,20 +169,22 @@ def make_step(model, config, steps_per_epoch: int, preprocess):
   state: {"params", "batch_stats", "alpha", "w_opt", "a_opt", "step"}.
   batch: {"train_image", "train_label", "val_image", "val_label"}, images [N, H, W, 3]
     uint8, labels [N] int32 (global batch; shard it on the mesh's data axis).
-  metrics: scalars: train/val loss and accuracy, eps, lr, and for adv the clean and
-    attacked losses and whether the attack was kept.
+  metrics: scalars: train/val loss and accuracy (with the second-order alpha step the
+    validation loss at the unrolled weights), eps, lr, and for adv the clean and attacked
+    losses and whether the attack was kept.
   Random numbers (augmentation, RS noise, PGD start, the noise op) come from
   fold_in(PRNGKey(config.seed), step), so a run reproduces and resumes exactly.
   """
   method = config.method
   if method not in METHODS:
     raise ValueError(f"unknown method {method!r} (config.method); known: {METHODS}")
-  evaluate = make_evaluate(model)
+  check_alpha_step(config.alpha)
+  evaluate, mixed = make_evaluate(model), make_mixed_evaluate(model)
   a_opt = optim.alpha_optimizer(config.alpha)
   w_opt = optim.weight_optimizer(config.weights, config.epochs, steps_per_epoch)
   lr_of = optim.weight_lr(config.weights, config.epochs, steps_per_epoch)
-  pgd = config.perturb
-  plan = phases(method, pgd.steps)
+  pgd, second = config.perturb, config.alpha
+  plan = phases(method, pgd.steps, second.order, second.hvp)
 
   def step(state, batch):
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), state["step"])
@@ -115,15 +192,16 @@ def make_step(model, config, steps_per_epoch: int, preprocess):
     xs = (preprocess(k_aug_t, batch["train_image"]), preprocess(k_aug_v, batch["val_image"]))
     ys = (batch["train_label"], batch["val_label"])
     eps = optim.eps_at(state["step"], pgd, config.epochs, steps_per_epoch)
+    lr = lr_of(state["step"])  # also xi, the lr of the second order's unrolled weights
     A = mixing_weights(state["alpha"])
 
-    # 1. Architecture step: Adam on alpha from the validation loss at softmax(alpha).
-    def alpha_phase(c, ev: Evaluation):
-      grad_alpha = jax.vjp(mixing_weights, c["state"]["alpha"])[1](ev.grad_A)[0]
-      updates, opt = a_opt.update(grad_alpha, c["state"]["a_opt"], c["state"]["alpha"])
-      alpha = optax.apply_updates(c["state"]["alpha"], updates)
-      c = _replace(c, state=dict(c["state"], alpha=alpha, a_opt=opt, batch_stats=ev.batch_stats),
-                   val_loss=ev.loss, val_accuracy=ev.accuracy)
+    # 1. Architecture step: Adam on alpha from the validation loss's gradient w.r.t. A.
+    def architecture_step(c, grad_A):
+      s = c["state"]
+      grad_alpha = jax.vjp(mixing_weights, s["alpha"])[1](grad_A)[0]
+      updates, opt = a_opt.update(grad_alpha, s["a_opt"], s["alpha"])
+      alpha = optax.apply_updates(s["alpha"], updates)
+      c = _replace(c, state=dict(s, alpha=alpha, a_opt=opt))
       # 2. Mixing weights for the weight step, 3. perturbed.
       A = mixing_weights(alpha)
       if method == "darts":
@@ -132,6 +210,45 @@ def make_step(model, config, steps_per_epoch: int, preprocess):
         return _request(c, A=A, A_eval=perturb.random_start(k_perturb, A, eps), batch=TRAIN,
                         train_bn=True)
       return _request(c, A=A, A_eval=A, batch=TRAIN, train_bn=False)  # adv: clean loss first
+
+    # First order: the gradient of L_val(w, A), at A = softmax(alpha).
+    def alpha_phase(c, ev: Evaluation):
+      c = _replace(c, state=dict(c["state"], batch_stats=ev.batch_stats),
+                   val_loss=ev.loss, val_accuracy=ev.accuracy)
+      return architecture_step(c, ev.grad_A)
+
+    # Second order: the gradient of L_val(w', A) (`sdarts_jax.unrolled`). BatchNorm's
+    # running statistics follow the train pass at w alone: the evaluation at w' belongs to
+    # the virtual weights, those of H v differentiate the train pass (the reference's
+    # central difference also updates them at w +- R v).
+    def unroll_phase(c, ev: Evaluation):  # ev: L_train(w, A)
+      s = c["state"]
+      w_virtual = unrolled.virtual_weights(
+          s["params"], ev.grad_params, unrolled.momentum_buffer(s["w_opt"]), lr,
+          config.weights.momentum, config.weights.weight_decay)
+      c = _replace(c, state=dict(s, batch_stats=ev.batch_stats))
+      return _request(c, params=w_virtual, batch=VAL)
+
+    def unrolled_val_phase(c, ev: Evaluation):  # ev: L_val(w', A)
+      w, v = c["state"]["params"], ev.grad_params
+      c = _replace(c, val_loss=ev.loss, val_accuracy=ev.accuracy, grad_A=ev.grad_A, v=v)
+      if second.hvp == "exact":
+        return _request(c, params=w, batch=TRAIN)
+      radius = unrolled.fd_radius(v, second.hvp_r)
+      return _request(_replace(c, radius=radius), params=unrolled.shifted(w, v, radius),
+                      batch=TRAIN)
+
+    def hvp_phase(c, ev: Evaluation):  # ev: H v at (w, A), exact
+      return architecture_step(c, unrolled.hypergradient(c["grad_A"], ev.grad_A, lr))
+
+    def hvp_plus_phase(c, ev: Evaluation):  # ev: L_train(w + R v, A)
+      return _request(_replace(c, grad_A_plus=ev.grad_A),
+                      params=unrolled.shifted(c["state"]["params"], c["v"], -c["radius"]))
+
+    def hvp_minus_phase(c, ev: Evaluation):  # ev: L_train(w - R v, A)
+      hvp = unrolled.central_difference(c["grad_A_plus"], ev.grad_A, c["radius"])
+      c = architecture_step(c, unrolled.hypergradient(c["grad_A"], hvp, lr))
+      return _request(c, params=c["state"]["params"])
 
     # 3 (adv). PGD on the train batch, BatchNorm in inference mode.
     def clean_phase(c, ev: Evaluation):
@@ -157,18 +274,26 @@ def make_step(model, config, steps_per_epoch: int, preprocess):
       return _replace(c, state=dict(s, params=params, w_opt=opt, batch_stats=ev.batch_stats),
                       train_loss=ev.loss, train_accuracy=ev.accuracy)
 
-    handlers = {"alpha": alpha_phase, "clean": clean_phase, "pgd": pgd_phase,
-                "attacked": attacked_phase, "weights": weights_phase}
+    handlers = {"alpha": alpha_phase, "unroll": unroll_phase,
+                "unrolled_val": unrolled_val_phase, "hvp": hvp_phase,
+                "hvp_plus": hvp_plus_phase, "hvp_minus": hvp_minus_phase,
+                "clean": clean_phase, "pgd": pgd_phase, "attacked": attacked_phase,
+                "weights": weights_phase}
     kinds = list(dict.fromkeys(plan))
     branches = [handlers[k] for k in kinds]
 
     def body(c, i):
-      phase_id, index, need = i
+      phase_id, key_index, need = i
       s = c["state"]
       x = jnp.where(c["batch"] == TRAIN, xs[TRAIN], xs[VAL])
       y = jnp.where(c["batch"] == TRAIN, ys[TRAIN], ys[VAL])
-      ev = evaluate(s["params"], s["batch_stats"], c["A_eval"], x, y, c["train_bn"],
-                    jax.random.fold_in(k_eval, index), need)
+      args = (c.get("params", s["params"]), s["batch_stats"], c["A_eval"], x, y,
+              c["train_bn"], jax.random.fold_in(k_eval, key_index), need)
+      if "hvp" in kinds:
+        ev = lax.cond(phase_id == kinds.index("hvp"), lambda: mixed(*args, c["v"]),
+                      lambda: evaluate(*args))
+      else:
+        ev = evaluate(*args)
       return lax.switch(phase_id, branches, c, ev), None
 
     zero = jnp.zeros((), jnp.float32)
@@ -176,13 +301,19 @@ def make_step(model, config, steps_per_epoch: int, preprocess):
              "train_bn": jnp.bool_(True), "val_loss": zero, "val_accuracy": zero,
              "train_loss": zero, "train_accuracy": zero, "clean_loss": zero,
              "attacked_loss": zero, "attack_kept": zero}
+    if second.order == 2:  # the weights of the request, v and the gradients w.r.t. A
+      zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)
+      carry.update(batch=jnp.int32(TRAIN), params=state["params"], v=zeros(state["params"]),
+                   grad_A=zeros(A))
+      if second.hvp == "finite_difference":
+        carry.update(grad_A_plus=zeros(A), radius=zero)
     ids = jnp.array([kinds.index(p) for p in plan], jnp.int32)
     needs = jnp.array([NEEDS[p] for p in plan], jnp.int32)
-    carry, _ = lax.scan(body, carry, (ids, jnp.arange(len(plan)), needs))
+    carry, _ = lax.scan(body, carry, (ids, jnp.array(noise_indices(plan), jnp.int32), needs))
     new_state = dict(carry["state"], step=state["step"] + 1)
     metrics = {k: carry[k] for k in ("train_loss", "train_accuracy", "val_loss",
                                      "val_accuracy")}
-    metrics.update(eps=jnp.asarray(eps, jnp.float32), lr=lr_of(state["step"]))
+    metrics.update(eps=jnp.asarray(eps, jnp.float32), lr=lr)
     if method == "adv":
       metrics.update({k: carry[k] for k in ("clean_loss", "attacked_loss", "attack_kept")})
     return new_state, metrics
@@ -194,10 +325,11 @@ def _replace(c: dict, **kw) -> dict:
   return {**c, **kw}
 
 
-def _request(c: dict, A=None, A_eval=None, batch=None, train_bn=None) -> dict:
-  """Set the next evaluation's request (fields left None keep their value)."""
+def _request(c: dict, params=None, A=None, A_eval=None, batch=None, train_bn=None) -> dict:
+  """Set the next evaluation's request (fields left None keep their value; params, the
+  weights, only with the second-order alpha step: else the state's are used)."""
   new = dict(c)
-  for name, value in (("A", A), ("A_eval", A_eval)):
+  for name, value in (("params", params), ("A", A), ("A_eval", A_eval)):
     if value is not None:
       new[name] = value
   if batch is not None:
