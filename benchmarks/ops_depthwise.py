@@ -1,6 +1,8 @@
 """Depthwise-separable convolution on XLA:CPU: grouped vs the fused dense kernel, the
-convolution backward pass inside a loop (JAX's rules vs `ops.conv`'s written-out ones), and
-the kernel gradient as one convolution (batch C, features N) vs one matrix multiply per tap.
+convolution backward pass inside a loop (JAX's rules vs `ops.conv`'s written-out ones), the
+kernel gradient as one convolution (batch C, features N) vs one matrix multiply per tap, and
+the dense kernel vs shifted multiply-adds inside a `lax.scan` at each `need` (the numbers
+behind `ops._shifted_is_faster`).
 
   python benchmarks/ops_depthwise.py [--batch=64 --size=32 --channels=16 --edges=4]
 
@@ -76,6 +78,36 @@ def main() -> None:
     row.append(f"dK as one convolution {timed(conv_dk, x, w, g) / 3:7.1f}")
     print(f"backward of a {k}x{k} dilation {dilation} conv to {a.edges}x{a.channels} channels, "
           "ms per iteration in a loop: " + " | ".join(row), flush=True)
+
+  for k, dilation, stride in ((3, 1, 1), (5, 1, 1), (3, 2, 1), (5, 2, 2), (3, 1, 2)):
+    dw = jax.random.normal(key, (a.edges, k, k, a.channels))
+    pw = jax.random.normal(key, (a.edges, a.channels, a.channels))
+    row = []
+    for name, sep in (("dense", lambda *v: _dense_separable(*v, stride, dilation)),
+                      ("shifted", lambda *v: ops._separable_shifted(*v, stride, dilation))):
+      for need in (ops.INPUT_GRADS, ops.ALL_GRADS):
+        row.append(f"{name} need={need} {timed(_in_scan(sep), x, dw, pw, jnp.int32(need)) / 4:6.1f}")
+    print(f"separable {k}x{k} dilation {dilation} stride {stride}, {a.edges} edges, forward and "
+          "backward, ms per iteration of a scan: " + " | ".join(row), flush=True)
+
+
+def _dense_separable(x, dw, pw, need, stride, dilation):
+  """The "fused" path's dense form: one convolution with the kernel dw x pw."""
+  e, k, _, c = dw.shape
+  kernel = jnp.einsum("eijc,ecd->ijced", dw, pw).reshape(k, k, c, -1)
+  return ops.conv(x, kernel, stride, dilation, need=need)
+
+
+def _in_scan(sep):
+  """4 iterations of a scan, each the gradients (those `need` asks for) of a separable
+  convolution; every result feeds the next iteration, so nothing is pruned."""
+  def run(x, dw, pw, need):
+    def body(carry, _):
+      grads = jax.grad(lambda *v: jnp.sum(jnp.sin(sep(*v, need))), argnums=(0, 1, 2))(
+          x + carry, dw, pw)
+      return carry + 1e-3 * grads[0] + 1e-3 * (jnp.sum(grads[1]) + jnp.sum(grads[2])), None
+    return lax.scan(body, jnp.zeros_like(x), None, length=4)[0]
+  return run
 
 
 def _kernel_grad_as_conv(x, g, k, dilation):

@@ -11,11 +11,15 @@ Tensors are NHWC. An op for E edges maps x [N, H, W, C] to [N, H', W', E, C_out]
 [N, H', W', 1, C_out] when its output is the same for every edge (pooling, identity).
 
 Depthwise-separable convolutions have three implementations (`IMPLS`) with equal results:
-  * "fused": the depthwise kernel [k, k, C] and the pointwise kernel [C, D] are multiplied
-    into one dense kernel [k, k, C, D] and applied as a single dense convolution. On XLA:CPU
-    this is 3-10x faster than a grouped (depthwise) convolution, whose backward pass is
-    very slow there (see benchmarks/ops_depthwise.py). Its backward pass is written out
-    (`conv`), which reverse mode needs for speed inside loops but forward mode cannot use.
+  * "fused" (XLA:CPU): at few channels, the depthwise kernel [k, k, C] and the pointwise
+    kernel [C, D] are multiplied into one dense kernel [k, k, C, D] and applied as a single
+    dense convolution, 3-10x faster there than a grouped (depthwise) convolution, whose
+    backward pass is very slow on XLA:CPU (see benchmarks/ops_depthwise.py); at more
+    channels (`_shifted_is_faster`), where the dense kernel's k^2 D / (k^2 + D) times the
+    multiply-adds dominate, the depthwise convolution runs as k*k shifted multiply-adds and
+    the pointwise one as a matrix product. Both backward passes are written out (`conv`,
+    `_separable_shifted`): reverse mode needs that for speed inside loops and it computes
+    only the gradients asked for (`need`), but forward mode cannot use it.
   * "fused_autodiff": the same forward pass with JAX's own derivative rules; it supports
     forward-mode autodiff, which the Hessian-vector products need (`autodiff_impl`).
   * "grouped": a depthwise convolution (feature_group_count) followed by a 1x1 convolution,
@@ -157,6 +161,8 @@ def separable(x: jax.Array, dw: jax.Array, pw: jax.Array, stride: int, dilation:
   """
   n_edges, k, _, c = dw.shape
   d = pw.shape[-1]
+  if impl == "fused" and _shifted_is_faster(c, stride):
+    return _separable_shifted(x, dw, pw, jnp.asarray(need, jnp.int32), stride, dilation)
   if impl != "grouped":
     kernel = jnp.einsum("eijc,ecd->ijced", dw, pw).reshape(k, k, c, n_edges * d)
     y = conv(x, kernel, stride, dilation, impl=impl, need=need)
@@ -173,6 +179,8 @@ def separable_per_edge(x: jax.Array, dw: jax.Array, pw: jax.Array, impl: str,
 
   x: [N, H, W, E, C]; dw: [E, k, k, C]; pw: [E, C, D]. Returns [N, H, W, E, D].
   """
+  if impl == "fused" and _shifted_is_faster(x.shape[-1], 1):
+    return _separable_shifted(x, dw, pw, jnp.asarray(need, jnp.int32), 1, 1)
   if impl != "grouped":
     # One dense convolution per edge: a block-diagonal kernel over the edges would cost
     # E times the arithmetic, and grouped convolutions are slow on XLA:CPU.
@@ -183,6 +191,120 @@ def separable_per_edge(x: jax.Array, dw: jax.Array, pw: jax.Array, impl: str,
   depthwise = jnp.transpose(dw, (1, 2, 0, 3)).reshape(k, k, 1, n_edges * c)
   y = conv(x.reshape(n, h, w, n_edges * c), depthwise, groups=n_edges * c)
   return jnp.einsum("nhwec,ecd->nhwed", y.reshape(n, h, w, n_edges, c), pw)
+
+
+def _shifted_is_faster(channels: int, stride: int) -> bool:
+  """Whether the "fused" path computes a separable convolution of `channels` input channels
+  as shifted multiply-adds (`_separable_shifted`) rather than as one dense convolution.
+
+  The dense kernel does k^2 D / (k^2 + D) times the multiply-adds but runs in XLA:CPU's
+  convolution library; the shifted form wins from 32 channels on, and from 16 with stride 2
+  (measured inside a `lax.scan`, forward and backward at each `need`, by
+  benchmarks/ops_depthwise.py on a 2-core Zen 3).
+  """
+  return channels >= 32 or (channels >= 16 and stride == 2)
+
+
+def _depthwise(x: jax.Array, dw: jax.Array, stride: int, dilation: int, pad) -> jax.Array:
+  """Depthwise kxk convolution as k*k shifted multiply-adds, which XLA fuses into one loop.
+
+  x: [N, H, W, E or 1, C]; dw: [E, k, k, C]; pad: ((top, bottom), (left, right)), zeros
+  added around x. Returns [N, H', W', E, C].
+  """
+  k = dw.shape[1]
+  xp = jnp.pad(x, ((0, 0), *pad, (0, 0), (0, 0)))
+  ho = (xp.shape[1] - dilation * (k - 1) - 1) // stride + 1
+  wo = (xp.shape[2] - dilation * (k - 1) - 1) // stride + 1
+  y = None
+  for i in range(k):
+    for j in range(k):
+      start = (0, dilation * i, dilation * j, 0, 0)
+      limit = (xp.shape[0], start[1] + stride * (ho - 1) + 1, start[2] + stride * (wo - 1) + 1,
+               *xp.shape[3:])
+      term = lax.slice(xp, start, limit, (1, stride, stride, 1, 1)) * dw[:, i, j]
+      y = term if y is None else y + term
+  return y
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _separable_shifted(x, dw, pw, need, stride: int, dilation: int):
+  """Depthwise (shifted multiply-adds) then pointwise convolution; the backward pass
+  computes the gradients `need` asks for (see `NO_GRADS`).
+
+  x: [N, H, W, C] (one input for every edge) or [N, H, W, E, C]; dw: [E, k, k, C];
+  pw: [E, C, D]. Returns [N, H', W', E, D].
+  """
+  return _separable_shifted_fwd(x, dw, pw, need, stride, dilation)[0]
+
+
+def _separable_shifted_fwd(x, dw, pw, need, stride, dilation):
+  # x's producer (ReLU of a BatchNorm or of a sum) would otherwise be fused into each of the
+  # k*k taps and the kernel-gradient taps, and recomputed by every one of them.
+  x = materialize(x, need)
+  pad = dilation * (dw.shape[1] - 1) // 2
+  y = _depthwise(_per_edge(x), dw, stride, dilation, ((pad, pad), (pad, pad)))
+  return jnp.einsum("nhwec,ecd->nhwed", y, pw), (x, dw, pw, need, y)
+
+
+def _separable_shifted_bwd(stride, dilation, residuals, g):
+  """dx: the depthwise convolution of g's pointwise gradient, dilated by the stride and
+  padded, with the flipped kernel (stride 1), summed over the edges of a shared input;
+  d dw[e, i, j, c] = sum over N, H', W' of the (i, j) shifted input times that gradient;
+  d pw[e] = y[e]^T g[e], y the depthwise output."""
+  x, dw, pw, need, y = residuals
+  k = dw.shape[1]
+  pad = dilation * (k - 1) // 2
+  span = dilation * (k - 1)
+  h, w = x.shape[1:3]
+  ho, wo = g.shape[1:3]
+
+  def input_grad(g_dw):
+    dilated = lax.pad(g_dw, jnp.zeros((), g_dw.dtype),
+                      ((0, 0, 0), (span - pad, h + pad - 1 - stride * (ho - 1), stride - 1),
+                       (span - pad, w + pad - 1 - stride * (wo - 1), stride - 1),
+                       (0, 0, 0), (0, 0, 0)))
+    dx = _depthwise(dilated, dw[:, ::-1, ::-1], 1, dilation, ((0, 0), (0, 0)))
+    if x.ndim == 5:
+      return dx
+    # A sum over the edges as additions of slices: a reduction over that axis, fused with
+    # the multiply-adds, ran 5-10x slower on XLA:CPU.
+    total = dx[:, :, :, 0]
+    for e in range(1, dx.shape[3]):
+      total = total + dx[:, :, :, e]
+    return total
+
+  def kernel_grads(g_dw):
+    xp = jnp.pad(_per_edge(x), ((0, 0), (pad, pad), (pad, pad), (0, 0), (0, 0)))
+    taps = []
+    for i in range(k):
+      for j in range(k):
+        start = (0, dilation * i, dilation * j, 0, 0)
+        limit = (xp.shape[0], start[1] + stride * (ho - 1) + 1,
+                 start[2] + stride * (wo - 1) + 1, *xp.shape[3:])
+        taps.append(jnp.sum(lax.slice(xp, start, limit, (1, stride, stride, 1, 1)) * g_dw,
+                            axis=(0, 1, 2)))
+    return jnp.stack(taps, axis=1).reshape(dw.shape), jnp.einsum("nhwec,nhwed->ecd", y, g)
+
+  def nothing():
+    return jnp.zeros_like(x), jnp.zeros_like(dw), jnp.zeros_like(pw)
+
+  def inputs():
+    return input_grad(jnp.einsum("nhwed,ecd->nhwec", g, pw)), jnp.zeros_like(dw), jnp.zeros_like(pw)
+
+  def everything():
+    g_dw = jnp.einsum("nhwed,ecd->nhwec", g, pw)
+    return (input_grad(g_dw), *kernel_grads(g_dw))
+
+  dx, d_dw, d_pw = lax.switch(jnp.clip(need, NO_GRADS, ALL_GRADS), (nothing, inputs, everything))
+  return dx, d_dw, d_pw, None
+
+
+_separable_shifted.defvjp(_separable_shifted_fwd, _separable_shifted_bwd)
+
+
+def _per_edge(x: jax.Array) -> jax.Array:
+  """[N, H, W, C] -> [N, H, W, 1, C] (one input for every edge); [N, H, W, E, C] as is."""
+  return x[:, :, :, None] if x.ndim == 4 else x
 
 
 class BatchNorm(nn.Module):

@@ -139,3 +139,33 @@ def test_mixed_ops_is_weighted_sum_of_ops():
           w[2, 0] * single("dil_conv_3x3", 1, 2) + w[2, 1] * single("dil_conv_5x5", 0, 1)]
   for e in range(3):
     np.testing.assert_allclose(out[:, :, :, e], want[e], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride,dilation,k,size,per_edge", [
+    (1, 1, 3, 8, False), (2, 1, 3, 7, False), (1, 2, 5, 8, False), (2, 2, 5, 8, False),
+    (1, 1, 5, 6, True), (1, 1, 3, 7, True)])  # per edge: SepConv's second layer, stride 1
+def test_shifted_separable_equals_grouped_with_the_gradients_asked_for(stride, dilation, k,
+                                                                       size, per_edge):
+  """The shifted multiply-add form (used by the "fused" path at 16-32+ channels) and its
+  written-out backward pass equal a grouped convolution then a 1x1 under JAX's own rules,
+  for what `need` asks for (zeros for the rest); one input shared by 3 edges or one each (stride 1, dilation 1)."""
+  shape = (2, size, size, 3, 4) if per_edge else (2, size, size, 4)
+  x = jax.random.normal(KEY, shape)
+  dw = jax.random.normal(jax.random.PRNGKey(1), (3, k, k, 4))
+  pw = jax.random.normal(jax.random.PRNGKey(2), (3, 4, 5))
+  if per_edge:
+    ref = lambda x, dw, pw: ops.separable_per_edge(x, dw, pw, "grouped")
+  else:
+    ref = lambda x, dw, pw: ops.separable(x, dw, pw, stride, dilation, "grouped")
+  y, vjp = jax.vjp(ref, x, dw, pw)
+  g = jax.random.normal(jax.random.PRNGKey(3), y.shape)
+  want = vjp(g)
+  run = jax.jit(lambda x, dw, pw, g, need: jax.vjp(
+      lambda *a: ops._separable_shifted(*a, need, stride, dilation), x, dw, pw))
+  for need in (ops.NO_GRADS, ops.INPUT_GRADS, ops.ALL_GRADS):
+    got_y, got_vjp = run(x, dw, pw, g, jnp.int32(need))
+    np.testing.assert_allclose(got_y, y, rtol=1e-4, atol=1e-4)
+    dx, d_dw, d_pw = got_vjp(g)
+    np.testing.assert_allclose(dx, want[0] if need >= ops.INPUT_GRADS else 0, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(d_dw, want[1] if need >= ops.ALL_GRADS else 0, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(d_pw, want[2] if need >= ops.ALL_GRADS else 0, rtol=1e-4, atol=1e-4)
