@@ -22,7 +22,7 @@ TORCH ?= 2.13.0
 REF_PIP_ARGS ?=
 PAPER_SIZE := --layers=8 --channels=16 --batch=64
 
-.PHONY: install demo test bench bench-accel ref-given bench-reference bench-paper clean
+.PHONY: install demo test test-slow bench bench-accel ref-given bench-reference bench-paper clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +37,10 @@ demo: install
 	  $(if $(DEMO_URL),--url='$(DEMO_URL)') $(if $(DEMO_CHECKSUMS),--checksums='$(DEMO_CHECKSUMS)')
 
 test: install
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25 tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25 -m "not slow" tests
+
+test-slow: install
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m slow tests
 
 bench: install
 	$(PY) benchmarks/search_step.py

@@ -184,6 +184,7 @@ def quiet_libraries() -> None:
   absl_logging.set_verbosity(absl_logging.WARNING)
   for name in ("jax._src.xla_bridge", "absl"):  # TFDS logs through absl's logger
     logging.getLogger(name).addFilter(_not_noise)
+  logging.getLogger("matplotlib").setLevel(logging.WARNING)  # "generated new fontManager"
 
 
 def _not_noise(record: logging.LogRecord) -> bool:

@@ -16,7 +16,6 @@ import numpy as np
 
 from sdarts_jax import (checkpoint, data, genotype, hessian, losses, metrics, nb201, oneshot1, ops,
                         optim, parallel, run, spaces, step, supernet)
-from sdarts_jax.analysis import draw
 
 
 # ---------------------------------------------------------------- checks
@@ -287,8 +286,11 @@ def _genotype_path(workdir: str, epoch: int) -> str:
 
 def _draw_cell(path: str) -> None:
   """The final cell's drawing beside its genotype file (`draw.draw_beside`: genotype.png,
-  genotype.svg). A failure is a warning: the search's results stand without the picture."""
+  genotype.svg). A failure is a warning: the search's results stand without the picture.
+  matplotlib is imported here, at the end of a search: importing it can build its font cache
+  and log about it, which a command's output should not show."""
   try:
+    from sdarts_jax.analysis import draw  # pylint: disable=import-outside-toplevel
     draw.draw_beside(path)
   except Exception as e:  # noqa: BLE001 (a bug in the drawing must not cost a search)
     metrics.warn(f"could not draw the cell in {path}: {type(e).__name__}: {e}")

@@ -247,6 +247,7 @@ def test_hsv_round_trip_and_colorsys():
 
 # ---------------------------------------------------------------- training
 
+@pytest.mark.slow  # CI budget: the training step's exact checks (resume, loss) stay in make test
 @pytest.mark.skipif(JPEG is None, reason="the shared CIFAR-10 JPEG folder is not here")
 def test_real_training_steps_lower_the_loss():
   config = tiny_config(**{"data.folder": str(JPEG), "data.max_examples": 64,

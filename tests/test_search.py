@@ -114,6 +114,7 @@ def test_cli_reports_errors_in_one_line(tmp_path):
   assert "Traceback" not in out.stderr
 
 
+@pytest.mark.slow  # CI budget: make demo runs a real search on the same images end to end
 @pytest.mark.skipif(JPEG is None, reason="the shared CIFAR-10 JPEG folder is not here")
 def test_real_step_on_shared_jpeg_folder(tmp_path):
   config = tiny_config("adv", **{"data.folder": str(JPEG), "data.max_examples": 32,
