@@ -4,9 +4,10 @@ reference's central difference converging to it, and the compiled scan step agai
 same update written out plainly.
 
 Compilation is the cost of these tests, so the supernet is smaller than conftest's tiny one:
-one reduction cell whose edge 0 carries sep_conv_3x3 (convolutions with the written-out
-backward pass that reverse-over-reverse differentiates) and skip_connect (FactorizedReduce),
-every other edge none and skip_connect.
+one reduction cell (C=8, so 16 channels) whose edge 0 carries sep_conv_3x3 and skip_connect
+(FactorizedReduce), every other edge none and skip_connect. That sep_conv runs both
+convolutions with a written-out backward pass that reverse-over-reverse differentiates: the
+shifted multiply-adds (16 channels, stride 2) and the dense fused kernel (stride 1).
 """
 import functools
 import importlib.util
@@ -34,7 +35,7 @@ def setup():
   """(config, model, state, batches, preprocess) of a darts2 search; the state's momentum
   buffer is non-zero (as after some weight steps) so that the unrolled weights use it, and
   preprocess only normalises (the augmentation is not what these tests check)."""
-  config = tiny_config("darts2")
+  config = tiny_config("darts2", **{"model.channels": 8})
   source = data.load(config.data, "train")
   batches = data.SearchBatches(source, 0.5, config.data.batch_size, config.seed)
   m = config.model
@@ -104,7 +105,10 @@ def first_step64() -> dict:
 def test_exact_hypergradient_equals_grad_through_the_virtual_step():
   """grad_A L_val(w') - lr H v, with H v by reverse over reverse (`make_mixed_evaluate`),
   equals jax.grad of L_val(w - lr (momentum buf + grad_w L_train + wd w), A) w.r.t. A, in
-  float64; the H v term is far from negligible."""
+  float64; the H v term is far from negligible. Edge 0's first convolution takes the
+  shifted path (`ops._shifted_is_faster`), its second the dense fused kernel."""
+  channels = 2 * setup()[0].model.channels  # in the reduction cell
+  assert ops._shifted_is_faster(channels, 2) and not ops._shifted_is_faster(channels, 1)
   p = first_step64()
   with jax.enable_x64(True):
     got = jax.device_get(unrolled.hypergradient(p["grad_A"], p["hvp"], p["lr"]))
