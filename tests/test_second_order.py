@@ -122,8 +122,8 @@ def test_exact_hypergradient_equals_grad_through_the_virtual_step():
 def test_central_difference_approaches_the_exact_product():
   """The reference's central difference (grad_A L_train(w + R v) - grad_A L_train(w - R v))
   / 2R, R = r / ||v||, approaches the exact H v as r shrinks from the reference's 1e-2 to
-  1e-5 (float64). Its error falls about in proportion to r, not r^2: w +- R v moves some
-  ReLUs across their kinks."""
+  1e-5 (float64). Its error falls slowly (about as r) while w +- R v moves ReLUs across
+  their kinks, where the gradient jumps (here down to r = 1e-3), then as r^2."""
   p = first_step64()
   s, v, hvp = p["state"], p["v"], p["hvp"]
   errors = []
