@@ -49,20 +49,20 @@ def setup():
 
 
 def loss_of(model, params, stats, A, x, y, key):
-  """(cross-entropy, new batch_stats), BatchNorm in train mode, straight from model.apply."""
-  logits, new = model.apply({"params": params, "batch_stats": stats}, x, A, True,
-                            mutable=["batch_stats"], rngs={"noise": key})
-  return losses.cross_entropy(logits, y), new["batch_stats"]
+  """The cross-entropy, BatchNorm in train mode, straight from model.apply."""
+  logits, _ = model.apply({"params": params, "batch_stats": stats}, x, A, True,
+                          mutable=["batch_stats"], rngs={"noise": key})
+  return losses.cross_entropy(logits, y)
 
 
 def unrolled_val_loss(model, params, stats, A, train, val, buf, lr, weights_cfg, keys):
   """L_val(w - lr (momentum buf + grad_w L_train(w, A) + wd w), A): the function whose
   gradient w.r.t. A the second order descends, written out for jax.grad."""
-  grad = jax.grad(lambda p: loss_of(model, p, stats, A, *train, keys[0])[0])(params)
+  grad = jax.grad(lambda p: loss_of(model, p, stats, A, *train, keys[0]))(params)
   w_virtual = jax.tree.map(
       lambda w, g, b: w - lr * (weights_cfg.momentum * b + g + weights_cfg.weight_decay * w),
       params, grad, buf)
-  return loss_of(model, w_virtual, stats, A, *val, keys[1])[0]
+  return loss_of(model, w_virtual, stats, A, *val, keys[1])
 
 
 # ---------------------------------------------------------------- float64
@@ -70,7 +70,7 @@ def unrolled_val_loss(model, params, stats, A, train, val, buf, lr, weights_cfg,
 @functools.lru_cache(maxsize=None)
 def first_step64() -> dict:
   """The first darts2 step's inputs and second-order quantities in float64 (numpy): its
-  augmented batches, lr and state, v, grad_A L_val(w'), the exact H v, and `straight`, the
+  (normalised) batches, lr and state, v, grad_A L_val(w'), the exact H v, and `straight`, the
   gradient w.r.t. A by jax.grad through the virtual step; with the jitted `evaluate` (call
   it under jax.enable_x64). The test space has no noise op: the evaluations' keys do not
   matter."""
