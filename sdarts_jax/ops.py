@@ -218,12 +218,18 @@ def _depthwise(x: jax.Array, dw: jax.Array, stride: int, dilation: int, pad) -> 
   y = None
   for i in range(k):
     for j in range(k):
-      start = (0, dilation * i, dilation * j, 0, 0)
-      limit = (xp.shape[0], start[1] + stride * (ho - 1) + 1, start[2] + stride * (wo - 1) + 1,
-               *xp.shape[3:])
-      term = lax.slice(xp, start, limit, (1, stride, stride, 1, 1)) * dw[:, i, j]
+      term = _tap(xp, i, j, stride, dilation, ho, wo) * dw[:, i, j]
       y = term if y is None else y + term
   return y
+
+
+def _tap(xp: jax.Array, i: int, j: int, stride: int, dilation: int, ho: int, wo: int):
+  """The padded input xp [N, H+2p, W+2p, E or 1, C] under kernel tap (i, j): shifted by
+  (dilation i, dilation j) and subsampled by the stride, [N, ho, wo, E or 1, C]."""
+  start = (0, dilation * i, dilation * j, 0, 0)
+  limit = (xp.shape[0], start[1] + stride * (ho - 1) + 1, start[2] + stride * (wo - 1) + 1,
+           *xp.shape[3:])
+  return lax.slice(xp, start, limit, (1, stride, stride, 1, 1))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
@@ -275,14 +281,8 @@ def _separable_shifted_bwd(stride, dilation, residuals, g):
 
   def kernel_grads(g_dw):
     xp = jnp.pad(_per_edge(x), ((0, 0), (pad, pad), (pad, pad), (0, 0), (0, 0)))
-    taps = []
-    for i in range(k):
-      for j in range(k):
-        start = (0, dilation * i, dilation * j, 0, 0)
-        limit = (xp.shape[0], start[1] + stride * (ho - 1) + 1,
-                 start[2] + stride * (wo - 1) + 1, *xp.shape[3:])
-        taps.append(jnp.sum(lax.slice(xp, start, limit, (1, stride, stride, 1, 1)) * g_dw,
-                            axis=(0, 1, 2)))
+    taps = [jnp.sum(_tap(xp, i, j, stride, dilation, ho, wo) * g_dw, axis=(0, 1, 2))
+            for i in range(k) for j in range(k)]
     return jnp.stack(taps, axis=1).reshape(dw.shape), jnp.einsum("nhwec,nhwed->ecd", y, g)
 
   def nothing():
