@@ -21,6 +21,10 @@ from sdarts_jax import checkpoint, metrics
 RESUMABLE_FIELDS = ("log_every_steps", "compilation_cache", "checkpoints_to_keep",
                     "eval_every_epochs", "checkpoint_every_epochs", "data.workers",
                     "data.threads")
+# Fields added to the config after runs were already being made, with the value that a
+# saved config.json without them means (the behaviour before the field existed): a run
+# started before second order landed resumes as the first-order run it is.
+ADDED_FIELDS = {"alpha.order": 1, "alpha.hvp": "exact", "alpha.hvp_r": 0.01}
 
 
 class RunError(RuntimeError):
@@ -64,6 +68,7 @@ def check_resume(config, workdir: str) -> None:
   current = json.loads(config.to_json())
   if os.path.exists(path):
     saved, now = _flatten(metrics.read_json(path)), _flatten(current)
+    saved.update({k: v for k, v in ADDED_FIELDS.items() if k in now and k not in saved})
     differ = sorted(k for k in set(saved) | set(now)
                     if k not in RESUMABLE_FIELDS and saved.get(k) != now.get(k))
     if differ:

@@ -1,5 +1,6 @@
 """Mistakes on the command line and in files a run reads: one `error:` line naming the
 flag or the file, exit status 2, no traceback."""
+import importlib.util
 import json
 import pathlib
 import subprocess
@@ -8,7 +9,7 @@ import sys
 import pytest
 
 from conftest import tiny_config
-from sdarts_jax import genotype, search
+from sdarts_jax import genotype, run, search
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -58,3 +59,27 @@ def test_malformed_genotype_json_names_the_file(tmp_path):
              f"--workdir={tmp_path / 'w'}")
   assert out.returncode == 2 and "Traceback" not in out.stderr
   assert out.stderr.strip().splitlines()[-1].startswith(f"error: {path}: not valid JSON (line 1")
+
+
+def test_resume_of_a_run_saved_before_a_field_existed(tmp_path):
+  """A config.json written before alpha.order/hvp/hvp_r existed is a first-order run: the
+  same config resumes it, a second-order one is refused, and an evaluation config (which has
+  no alpha fields) is not made to differ by the filled-in values."""
+  config = tiny_config("adv")
+  saved = json.loads(config.to_json())
+  for field in ("order", "hvp", "hvp_r"):
+    del saved["alpha"][field]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  run.check_resume(config, str(tmp_path))
+  assert json.loads((tmp_path / "config.json").read_text())["alpha"]["order"] == 1
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  config.alpha.order = 2
+  with pytest.raises(ValueError, match=r"different configuration \(fields alpha\.order\)"):
+    run.check_resume(config, str(tmp_path))
+  spec = importlib.util.spec_from_file_location("cifar10_eval", ROOT / "configs/cifar10_eval.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  evaluation = module.get_config("smoke")
+  (tmp_path / "eval").mkdir()
+  (tmp_path / "eval" / "config.json").write_text(evaluation.to_json())
+  run.check_resume(evaluation, str(tmp_path / "eval"))
