@@ -4,8 +4,8 @@ A is a pytree of [edges, ops] arrays (one per cell type) whose rows lie on the s
 SDARTS-RS adds uniform noise; SDARTS-ADV runs a sign-PGD attack in the L-inf ball of
 radius eps around A. After every move the rows are projected back with `clip`
 (clamp-and-renormalise, as the reference code does; not a Euclidean simplex projection).
-The attack's loop itself lives in `sdarts_jax.step`, which owns the loss evaluations;
-this module holds its pieces.
+`pgd` is the attack written plainly (one loss call per use, `sdarts_jax.step.plain_step`);
+the compiled step runs the same pieces as phases of its scan.
 """
 from __future__ import annotations
 
@@ -59,3 +59,18 @@ def accept(A_adv, A, loss_adv, loss_clean):
   """The attack's acceptance test: keep the clean A when it had the larger loss."""
   reject = loss_clean > loss_adv
   return jax.tree.map(lambda adv, clean: jnp.where(reject, clean, adv), A_adv, A)
+
+
+def pgd(loss_of, key: jax.Array, A, eps, steps: int, start_at_random: bool = True):
+  """SDARTS-ADV's attack: a random start (or A itself), `steps` sign-gradient steps of size
+  2 eps / steps, then the acceptance test against the clean loss.
+
+  loss_of(A, i) -> scalar loss at mixing weights A (the i-th evaluation of the attack: 0 the
+  clean loss, 1..steps the PGD gradients, steps + 1 the attacked loss; the index feeds the
+  noise op's key). Returns (the perturbed A, the clean loss).
+  """
+  clean = loss_of(A, 0)
+  A_adv = random_start(key, A, eps) if start_at_random else A
+  for i in range(steps):
+    A_adv = pgd_update(A_adv, jax.grad(loss_of)(A_adv, 1 + i), A, eps, 2 * eps / steps)
+  return accept(A_adv, A, loss_of(A_adv, 1 + steps), clean), clean

@@ -115,6 +115,58 @@ def mixing_weights(alpha):
 
 # ---------------------------------------------------------------- the step
 
+def plain_step(model, config, steps_per_epoch: int, preprocess):
+  """The first-order step of SPEC section 1 written plainly: step(state, batch) ->
+  (state, A_w, clean loss or None), with arguments as `make_step`'s and A_w the mixing
+  weights the weight step used. It compiles one copy of the supernet per evaluation (ten
+  for ADV), so it is the definition to test against, not the step to run.
+  """
+  if config.alpha.order != 1:
+    raise ValueError("plain_step is the first-order step (config.alpha.order = 1)")
+  a_opt = optim.alpha_optimizer(config.alpha)
+  w_opt = optim.weight_optimizer(config.weights, config.epochs, steps_per_epoch)
+
+  def step(state, batch):
+    k_aug_t, k_aug_v, k_perturb, k_eval = jax.random.split(
+        jax.random.fold_in(jax.random.PRNGKey(config.seed), state["step"]), 4)
+    x, xv = preprocess(k_aug_t, batch["train_image"]), preprocess(k_aug_v, batch["val_image"])
+    y, yv = batch["train_label"], batch["val_label"]
+    eps = optim.eps_at(state["step"], config.perturb, config.epochs, steps_per_epoch)
+
+    def loss(params, stats, A, x, y, train, index):  # index: the evaluation's noise key
+      logits, new = model.apply({"params": params, "batch_stats": stats}, x, A, train,
+                                mutable=["batch_stats"],
+                                rngs={"noise": jax.random.fold_in(k_eval, index)})
+      return losses.cross_entropy(logits, y), new["batch_stats"]
+
+    params, stats, alpha = state["params"], state["batch_stats"], state["alpha"]
+    # 1. Alpha step: Adam on the validation loss (BatchNorm in train mode).
+    g_alpha, stats = jax.grad(lambda a: loss(params, stats, mixing_weights(a), xv, yv, True, 0),
+                              has_aux=True)(alpha)
+    updates, alpha_opt = a_opt.update(g_alpha, state["a_opt"], alpha)
+    alpha = optax.apply_updates(alpha, updates)
+    # 2-3. The mixing weights, perturbed (the attack with BatchNorm in inference mode).
+    A, clean = mixing_weights(alpha), None
+    if config.method == "rs":
+      A_w = perturb.random_start(k_perturb, A, eps)
+    elif config.method == "adv":
+      A_w, clean = perturb.pgd(lambda a, i: loss(params, stats, a, x, y, False, 1 + i)[0],
+                               k_perturb, A, eps, config.perturb.steps,
+                               config.perturb.random_start)
+    else:
+      A_w = A
+    # 4. Weight step: SGD on the train loss at A_w (BatchNorm in train mode).
+    index = 3 + config.perturb.steps if config.method == "adv" else 1
+    g_w, stats = jax.grad(lambda p: loss(p, stats, A_w, x, y, True, index), has_aux=True)(
+        params)
+    updates, weight_opt = w_opt.update(g_w, state["w_opt"], params)
+    new = dict(state, params=optax.apply_updates(params, updates), batch_stats=stats,
+               alpha=alpha, a_opt=alpha_opt, w_opt=weight_opt, step=state["step"] + 1)
+    return new, A_w, clean
+
+  return step
+
+
 # The gradients each phase uses: the alpha step, the central difference and PGD
 # differentiate with respect to the mixing weights only, the clean and attacked losses are
 # values alone; the unrolled weights, v and the exact H v need the weight gradients.
