@@ -451,29 +451,31 @@ def eval_batches(source: Source, batch_size: int) -> Iterator[tuple[np.ndarray, 
 # ---------------------------------------------------------------- device side
 
 def preprocess(key: jax.Array, images: jax.Array, mean, std, augment: bool,
-               padding: int = 4, cutout: int = 0) -> jax.Array:
+               padding: int = 4, cutout: int = 0, cutout_prob=1.0) -> jax.Array:
   """Augment and normalise a global batch, inside jit.
 
   images: [N, H, W, 3] uint8 -> [N, H, W, 3] float32. With `augment`, as torchvision's
   RandomCrop(H, padding) (zero padding of the raw pixels, so padded pixels are black) then
   RandomHorizontalFlip(0.5); always (x / 255 - mean) / std; then, with `augment` and
-  cutout > 0, a cutout square (`cutout_square`). The random offsets and flips
-  are drawn from `key` for the whole batch, so the result does not depend on how the batch
-  is sharded.
+  cutout > 0, a cutout square on each image with probability cutout_prob (a float, possibly
+  traced; `cutout_square`). The random offsets and flips are drawn from `key` for the whole
+  batch, so the result does not depend on how the batch is sharded.
   """
   if augment:
     images = random_crop_flip(key, images, padding)
   x = images.astype(jnp.float32) / 255.0
   x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
   if augment and cutout:
-    x = cutout_square(jax.random.fold_in(key, 1), x, cutout)
+    x = cutout_square(jax.random.fold_in(key, 1), x, cutout, cutout_prob)
   return x
 
 
-def cutout_square(key: jax.Array, x: jax.Array, length: int) -> jax.Array:
-  """Cutout (DeVries & Taylor 2017) as the reference's `Cutout`: per image, a centre
-  (y, x) uniform over the pixels and the rows [y - L//2, y + L//2) and columns
-  [x - L//2, x + L//2), clipped at the border, set to 0 (the mean, after normalisation).
+def cutout_square(key: jax.Array, x: jax.Array, length: int, prob=1.0) -> jax.Array:
+  """Cutout (DeVries & Taylor 2017) as the reference's `Cutout(length, prob)`: each image,
+  with probability `prob` (a float, possibly traced), gets a centre (y, x) uniform over the
+  pixels, and the rows [y - L//2, y + L//2) and columns [x - L//2, x + L//2), clipped at
+  the border, set to 0 (the mean, after normalisation). The centres do not depend on
+  `prob`; whether each image is cut is a Bernoulli(prob) draw of its own.
 
   x: [N, H, W, C] -> same shape.
   """
@@ -481,11 +483,20 @@ def cutout_square(key: jax.Array, x: jax.Array, length: int) -> jax.Array:
   k_y, k_x = jax.random.split(key)
   cy = jax.random.randint(k_y, (n, 1), 0, h)
   cx = jax.random.randint(k_x, (n, 1), 0, w)
+  cut = jax.random.bernoulli(jax.random.fold_in(key, 2), prob, (n, 1, 1))
   half = length // 2
   rows = (jnp.arange(h) >= cy - half) & (jnp.arange(h) < cy + half)  # [N, H]
   cols = (jnp.arange(w) >= cx - half) & (jnp.arange(w) < cx + half)  # [N, W]
-  hole = rows[:, :, None] & cols[:, None, :]
+  hole = rows[:, :, None] & cols[:, None, :] & cut
   return jnp.where(hole[..., None], 0.0, x)
+
+
+def cutout_prob_at(prob, epoch, epochs: int):
+  """The cutout probability of `epoch` (from 0) in a search of `epochs` epochs, as the
+  reference's search scripts ramp it: prob * epoch / (epochs - 1), 0 in the first epoch and
+  prob in the last (a one-epoch search, where the reference divides by zero, gets 0).
+  epoch may be traced."""
+  return prob * epoch / max(epochs - 1, 1)
 
 
 def random_crop_flip(key: jax.Array, images: jax.Array, padding: int) -> jax.Array:

@@ -35,6 +35,7 @@ def data_config() -> ml_collections.ConfigDict:
       batch_size=64,          # global batch, for the weight step and the alpha step each
       augment=True,           # pad-and-crop + horizontal flip on both halves
       crop_padding=4,
+      cutout=0,               # cutout square side in pixels (0 = off; the reference: 16)
   ))
 
 
@@ -79,8 +80,16 @@ def search_config(method: str) -> ml_collections.ConfigDict:
       stem_multiplier=3,
       bn_momentum=0.9,       # Flax convention; PyTorch's momentum 0.1
       impl="auto",           # depthwise-separable convs: auto | fused | grouped
+      partial_k=1,           # PC-DARTS: 1/K of each state's channels through the mixed ops
+                             # (K = 4, configs/cifar10_pcdarts.py); 1 = DARTS
+      edge_norm=False,       # PC-DARTS's edge normalisation (betas), which the official
+                             # SDARTS code does not have
   ))
   c.data = data_config()
+  # Cutout during search (the reference's --cutout, --cutout_length, --cutout_prob), off
+  # with data.cutout = 0: on the weights' and alpha's batches, each image cut with
+  # probability cutout_prob * epoch / (epochs - 1), epoch from 0.
+  c.data.cutout_prob = 1.0
   c.weights = ml_collections.ConfigDict(dict(
       lr=0.025, lr_min=0.001,  # cosine over the epochs
       lr_epoch_offset=1,       # the reference steps its scheduler first: epoch e uses e + 1
@@ -108,6 +117,19 @@ def search_config(method: str) -> ml_collections.ConfigDict:
   c.checkpoint_every_epochs = 1
   c.checkpoints_to_keep = 2  # 0 keeps every epoch's (for analyses over checkpoints)
   c.compilation_cache = "~/.cache/sdarts_jax/xla"  # "" disables JAX's persistent cache
+  return c
+
+
+def pcdarts_search_config(method: str) -> ml_collections.ConfigDict:
+  """PC-DARTS (Xu et al. 2020) as the official SDARTS code searches it
+  (sota/cnn/train_search_pcdarts.py, model_search_pcdarts.py): partial channel
+  connections with K = 4 and channel shuffle, no edge normalisation; that script's
+  hyper-parameters (batch 64, weight lr 0.025 cosine to 0.001, momentum 0.9, weight decay
+  3e-4, alpha lr 3e-4 with decay 1e-3, 50 epochs, no warm-up, half the train split for
+  alpha, C=16, 8 cells) are `search_config`'s. method: darts, rs, adv (the perturbation
+  and eps ramp of sota/cnn/train_search.py on top), or darts2."""
+  c = search_config(method)
+  c.model.partial_k = 4
   return c
 
 

@@ -67,11 +67,23 @@ def derive_nb101(A: Mapping[str, np.ndarray], cell: nb101.Space) -> dict:
   return {"matrix": matrix.tolist(), "ops": ops, "hash": nb101.spec_hash(matrix, ops)}
 
 
+def edge_weighted(A: Mapping[str, np.ndarray], cell_type: str) -> np.ndarray:
+  """A[cell_type] [14, K], each edge's row scaled by its PC-DARTS edge weight when A holds
+  them (`spaces.edge_norm_shapes`), as PC-DARTS derives its cell; else as it is."""
+  weights = np.asarray(A[cell_type])
+  if spaces.edge_norm_key(cell_type, 0) not in A:
+    return weights
+  edge = np.concatenate([np.asarray(A[spaces.edge_norm_key(cell_type, node)])[0]
+                         for node in range(spaces.NUM_NODES)])
+  return weights * edge[:, None]
+
+
 def derive(A: Mapping[str, np.ndarray],
            space: spaces.SearchSpace | spaces.OneShot1Space) -> Genotype:
-  """Genotype of mixing weights A = {"normal": [14, K], "reduce": [14, K]}, of
-  A = {"normal": [6, K]} in the NAS-Bench-201 space ({"nb201": cell string}), or of a
-  1Shot1 space's A ({"nb101": `derive_nb101`})."""
+  """Genotype of mixing weights A = {"normal": [14, K], "reduce": [14, K]} (with PC-DARTS's
+  edge weights, if A holds them, multiplied in: `edge_weighted`), of A = {"normal": [6, K]}
+  in the NAS-Bench-201 space ({"nb201": cell string}), or of a 1Shot1 space's A
+  ({"nb101": `derive_nb101`})."""
   if isinstance(space, spaces.OneShot1Space):
     return {"nb101": derive_nb101(A, space.cell)}
   if space.topology == spaces.NB201_CELL:
@@ -79,7 +91,7 @@ def derive(A: Mapping[str, np.ndarray],
   concat = list(range(2, 2 + spaces.NUM_NODES))
   genotype: Genotype = {}
   for cell_type in spaces.CELL_TYPES:
-    genotype[cell_type] = derive_cell(A[cell_type], space.ops(cell_type))
+    genotype[cell_type] = derive_cell(edge_weighted(A, cell_type), space.ops(cell_type))
     genotype[f"{cell_type}_concat"] = concat
   return genotype
 

@@ -47,6 +47,15 @@ def check_config(config) -> None:
       raise ValueError(f"{field}={value!r} must be a positive integer")
   if not 0.0 < config.data.train_portion < 1.0:
     raise ValueError(f"config.data.train_portion={config.data.train_portion} must be in (0, 1)")
+  if "partial_k" in config.model:
+    k = config.model.partial_k
+    if not isinstance(k, int) or k < 1 or config.model.channels % k:
+      raise ValueError(f"config.model.partial_k={k!r} must be a positive integer that divides "
+                       f"config.model.channels={config.model.channels} (1: DARTS; PC-DARTS "
+                       f"uses 4)")
+  if config.data.cutout < 0 or not 0.0 <= config.data.cutout_prob <= 1.0:
+    raise ValueError(f"config.data.cutout={config.data.cutout} must be >= 0 (0: off) and "
+                     f"config.data.cutout_prob={config.data.cutout_prob} in [0, 1]")
   if config.model.impl not in ("auto",) + ops.IMPLS:
     raise ValueError(f"config.model.impl={config.model.impl!r}; use auto or one of "
                      f"{', '.join(ops.IMPLS)}")
@@ -66,8 +75,8 @@ def search_data(config) -> tuple[data.Source, data.SearchBatches, data.Source]:
 
 
 def build_model(config, num_classes: int):
-  """The supernet of the space: `supernet.Supernet`, `supernet.NB201Supernet` or
-  `supernet.OneShot1Supernet`."""
+  """The supernet of the space: `supernet.Supernet` (PC-DARTS's with
+  config.model.partial_k > 1), `supernet.NB201Supernet` or `supernet.OneShot1Supernet`."""
   m = config.model
   impl = ops.depthwise_impl() if m.impl == "auto" else m.impl
   space = spaces.get_space(config.space)
@@ -78,14 +87,14 @@ def build_model(config, num_classes: int):
     return supernet.NB201Supernet(space, num_classes, m.channels, m.cells_per_stage, impl,
                                   m.bn_momentum)
   return supernet.Supernet(space, num_classes, m.channels, m.layers, m.stem_multiplier, impl,
-                           m.bn_momentum)
+                           m.bn_momentum, m.get("partial_k", 1), m.get("edge_norm", False))
 
 
 def init_state(model, config, image_shape, steps_per_epoch: int) -> dict:
   """The search state at step 0. image_shape: (H, W, 3)."""
   key = jax.random.PRNGKey(config.seed)
   k_params, k_alpha, k_noise = jax.random.split(key, 3)
-  shapes = model.space.alpha_shapes()
+  shapes = model.alpha_shapes()
   alpha = {name: config.alpha.init_scale * jax.random.normal(k, shape)
            for (name, shape), k in zip(shapes.items(), jax.random.split(k_alpha, len(shapes)))}
   x = jnp.zeros((2,) + tuple(image_shape), jnp.float32)
@@ -96,6 +105,23 @@ def init_state(model, config, image_shape, steps_per_epoch: int) -> dict:
           "alpha": alpha, "w_opt": w_opt.init(variables["params"]),
           "a_opt": optim.alpha_optimizer(config.alpha).init(alpha),
           "step": jnp.zeros((), jnp.int32)}
+
+
+def make_train_step(model, config, steps_per_epoch: int, source: data.Source):
+  """`step.make_step` with the search's augmentation (`data.preprocess`): crop and flip,
+  and with config.data.cutout > 0 a cutout square with the probability of the step's epoch
+  (`data.cutout_prob_at`, ramped from 0), on the weights' and alpha's batches alike, as
+  the reference's shared train transform. The step is built inside the trace so that its
+  preprocessing sees the step count."""
+  d = config.data
+
+  def train_step(state, batch):
+    prob = data.cutout_prob_at(d.cutout_prob, state["step"] // steps_per_epoch, config.epochs)
+    preprocess = lambda key, images: data.preprocess(
+        key, images, source.mean, source.std, d.augment, d.crop_padding, d.cutout, prob)
+    return step.make_step(model, config, steps_per_epoch, preprocess)(state, batch)
+
+  return train_step
 
 
 def make_infer(model, source: data.Source, seed: int):
@@ -146,9 +172,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                  out_shardings=replicated)
 
   # Compiled functions.
-  preprocess = lambda key, images: data.preprocess(
-      key, images, source.mean, source.std, config.data.augment, config.data.crop_padding)
-  train_step = jax.jit(step.make_step(model, config, spe, preprocess),
+  train_step = jax.jit(make_train_step(model, config, spe, source),
                        in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
                        donate_argnums=0)
   infer = jax.jit(make_infer(model, source, config.seed),
@@ -254,6 +278,8 @@ def _end_of_epoch(config, model, state, epoch, sums, spe, eval_source, infer, sh
   geno = genotype.derive(A, model.space)
   record = {f"{k}": v / spe for k, v in sums.items()}
   record.update(epoch=epoch + 1, seconds=seconds)
+  if config.data.cutout:
+    record.update(cutout_prob=data.cutout_prob_at(config.data.cutout_prob, epoch, config.epochs))
   if config.eval_every_epochs and (epoch + 1) % config.eval_every_epochs == 0:
     loss, correct = 0.0, 0
     for images, labels, n in data.eval_batches(eval_source, config.data.batch_size):

@@ -154,6 +154,22 @@ class OneShot1Space:
     return nb101.alpha_shapes(self.cell)
 
 
+def edge_norm_key(cell_type: str, node: int) -> str:
+  """The key in alpha (and A) of PC-DARTS's edge-normalisation weights of `node` of
+  `cell_type` (`edge_norm_shapes`)."""
+  return f"{cell_type}_edges_{node}"
+
+
+def edge_norm_shapes(topology: Topology = DARTS_CELL) -> dict[str, tuple[int, int]]:
+  """PC-DARTS's edge normalisation (Xu et al. 2020, the betas): per searched cell type and
+  node i, one weight per incoming edge, [1, inputs + i] (2, 3, 4, 5 in a DARTS cell), by
+  `edge_norm_key`. Each array is a row on the simplex after a softmax, like a row of alpha,
+  so the same step trains and perturbs it; the supernet scales edge e's output by its
+  weight, and the genotype ranks edges by their op weights times it."""
+  return {edge_norm_key(cell_type, node): (1, topology.inputs + node)
+          for cell_type in topology.cell_types for node in range(topology.num_nodes)}
+
+
 def _uniform(name: str, ops: tuple[str, ...]) -> SearchSpace:
   edges = (tuple(ops),) * NUM_EDGES
   return SearchSpace(name, edges, edges)

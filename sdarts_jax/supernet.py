@@ -8,6 +8,10 @@ NAS-Bench-201 search network, does the same with A = {"normal": [6, 5]}, and
 never a module parameter: alpha lives in the search state and A = softmax(alpha) (or a
 perturbed version of it) is passed in on every call.
 
+With `partial_k` = K > 1 the DARTS-family supernet is PC-DARTS's (partial channel
+connections, `PartialMixedOps`), and with `edge_norm` A also holds PC-DARTS's edge weights
+(`spaces.edge_norm_shapes`); `model.alpha_shapes()` gives the arrays A holds.
+
 `train` (a Python or traced boolean) selects BatchNorm's mode; in train mode, call apply
 with `mutable=["batch_stats"]` to receive the updated running statistics. `need` (an int,
 possibly traced; `ops.NO_GRADS`, `ops.INPUT_GRADS` or `ops.ALL_GRADS`, the default) says
@@ -24,32 +28,91 @@ from sdarts_jax import nb101, ops, spaces
 
 
 def mixed_nodes(states, topology: spaces.Topology, edge_ops, weights, strides, impl: str,
-                bn_momentum: float, train, need, pool_bn: bool = True) -> list:
+                bn_momentum: float, train, need, pool_bn: bool = True, partial_k: int = 1,
+                edge_weights=None) -> list:
   """The intermediate nodes of a cell; call it inside a compact module's `__call__`, which
   receives the submodules ("from_<state>": the mixed ops of every edge leaving that state).
 
   Node i is the sum of the mixed ops on its incoming edges (`topology.edges()`); the edges
-  leaving one state are computed together (`ops.MixedOps`). states: the cell inputs
-  [N, H, W, C] each; weights [edges, K] (the cell type's rows of A); strides(src) -> the
-  stride of the edges leaving state src. Returns the num_nodes node outputs.
+  leaving one state are computed together (`ops.MixedOps`, or `PartialMixedOps` when
+  partial_k > 1). states: the cell inputs [N, H, W, C] each; weights [edges, K] (the cell
+  type's rows of A); strides(src) -> the stride of the edges leaving state src;
+  edge_weights: None, or [edges] (PC-DARTS's edge normalisation), each edge's output scaled
+  by its entry. Returns the num_nodes node outputs.
   """
   states = list(states)
   endpoints = topology.edges()
   nodes = [None] * topology.num_nodes
   for src in range(topology.inputs + topology.num_nodes - 1):
     edges = [i for i, (s, _) in enumerate(endpoints) if s == src]
-    out = ops.MixedOps(tuple(edge_ops[i] for i in edges), strides(src), impl, bn_momentum,
-                       pool_bn, name=f"from_{src}")(states[src], weights[jnp.array(edges)],
-                                                    train, need)
+    leaving = (tuple(edge_ops[i] for i in edges), strides(src))
+    mixed_ops = (ops.MixedOps(*leaving, impl, bn_momentum, pool_bn, name=f"from_{src}")
+                 if partial_k == 1 else
+                 PartialMixedOps(*leaving, partial_k, impl, bn_momentum, pool_bn,
+                                 name=f"from_{src}"))
+    out = mixed_ops(states[src], weights[jnp.array(edges)], train, need)
     for slot, edge in enumerate(edges):
       node = endpoints[edge][1]
       term = out[:, :, :, slot]
+      if edge_weights is not None:
+        term = edge_weights[edge] * term
       nodes[node] = term if nodes[node] is None else nodes[node] + term
     if src >= topology.inputs - 1:  # node src - inputs + 1 has received all its edges
       i = src - topology.inputs + 1
       nodes[i] = ops.materialize(nodes[i], need)
       states.append(nodes[i])
   return nodes
+
+
+class PartialMixedOps(nn.Module):
+  """PC-DARTS's partial channel connections (Xu et al. 2020) for the E edges leaving one
+  state, as the official SDARTS code's `MixedOpPCDARTS`: the first C/K channels of x go
+  through the mixed ops (`ops.MixedOps`, every op built at C/K channels), the other
+  channels bypass them (2x2 max pooling, stride 2, on the edges of stride 2); per edge the
+  two parts are concatenated and channel-shuffled in K groups (`channel_shuffle`). The
+  slice and the bypass are the same for every edge leaving the state, so the ops of all of
+  them still run together.
+
+  Attributes: as `ops.MixedOps`, plus k, the proportion K (4 in PC-DARTS; C % K == 0).
+
+  Call: x [N, H, W, C], weights [E, ops], train, need -> [N, H', W', E, C].
+  """
+  edge_ops: tuple[tuple[str, ...], ...]
+  stride: int
+  k: int
+  impl: str
+  bn_momentum: float = 0.9
+  pool_bn: bool = True
+
+  @nn.compact
+  def __call__(self, x, weights, train, need=ops.ALL_GRADS):
+    c = x.shape[-1]
+    if c % self.k:
+      raise ValueError(f"PC-DARTS with K={self.k} (config.model.partial_k) needs a channel "
+                       f"count divisible by K, got {c}")
+    mixed = ops.MixedOps(self.edge_ops, self.stride, self.impl, self.bn_momentum, self.pool_bn,
+                         name="ops")(x[..., :c // self.k], weights, train, need)
+    bypass = x[..., c // self.k:]
+    if self.stride == 2:
+      bypass = max_pool_2x2(bypass)
+    bypass = jnp.broadcast_to(bypass[:, :, :, None], mixed.shape[:4] + bypass.shape[-1:])
+    return channel_shuffle(jnp.concatenate([mixed, bypass], axis=-1), self.k)
+
+
+def channel_shuffle(x, groups: int):
+  """ShuffleNet's channel shuffle over the last axis, as PyTorch's view(groups, C/groups),
+  transpose, flatten: output channel j is input channel (j % groups) * C/groups +
+  j // groups. x [..., C] -> [..., C]."""
+  c = x.shape[-1]
+  return jnp.swapaxes(x.reshape(x.shape[:-1] + (groups, c // groups)), -1, -2).reshape(x.shape)
+
+
+def max_pool_2x2(x, pad: int = 0):
+  """2x2 max pooling, stride 2, `pad` rows and columns of padding on every side (padded
+  cells never win; PyTorch's MaxPool2d(2, 2, padding=pad)):
+  [N, H, W, C] -> [N, (H + 2 pad) // 2, (W + 2 pad) // 2, C]."""
+  return lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1),
+                           [(0, 0), (pad, pad), (pad, pad), (0, 0)])
 
 
 def classifier(module: nn.Module, x, num_classes: int):
@@ -68,7 +131,9 @@ class Cell(nn.Module):
   the mixed ops on its incoming edges; output the channel concatenation of the nodes.
 
   Call: s0 [N, H0, W0, C0], s1 [N, H, W, C1], weights [14, K] -> [N, H', W', 4C], with
-  H' = H / 2 in a reduction cell.
+  H' = H / 2 in a reduction cell; edge_weights: None or [14] (PC-DARTS's edge
+  normalisation: the weight of each edge among its node's incoming edges).
+  partial_k > 1: PC-DARTS's partial channel connections (`PartialMixedOps`).
   """
   edge_ops: tuple[tuple[str, ...], ...]
   channels: int
@@ -76,9 +141,10 @@ class Cell(nn.Module):
   reduction_prev: bool
   impl: str
   bn_momentum: float = 0.9
+  partial_k: int = 1
 
   @nn.compact
-  def __call__(self, s0, s1, weights, train, need=ops.ALL_GRADS):
+  def __call__(self, s0, s1, weights, train, need=ops.ALL_GRADS, edge_weights=None):
     c = self.channels
     if self.reduction_prev:
       s0 = ops.FactorizedReduce(c, bn_momentum=self.bn_momentum, name="pre_0")(s0, train)[
@@ -88,7 +154,8 @@ class Cell(nn.Module):
     s1 = ops.ReLUConvBN(c, bn_momentum=self.bn_momentum, name="pre_1")(s1, train)
     nodes = mixed_nodes([s0, s1], spaces.DARTS_CELL, self.edge_ops, weights,
                         lambda src: 2 if self.reduction and src < 2 else 1, self.impl,
-                        self.bn_momentum, train, need)
+                        self.bn_momentum, train, need, partial_k=self.partial_k,
+                        edge_weights=edge_weights)
     return jnp.concatenate(nodes, axis=-1)
 
 
@@ -103,6 +170,11 @@ class Supernet(nn.Module):
     stem_multiplier: the stem outputs stem_multiplier * C channels.
     impl: convolution implementation, one of `ops.IMPLS` (`ops.depthwise_impl` by backend).
     bn_momentum: Flax-convention BatchNorm momentum (0.9 = PyTorch 0.1).
+    partial_k: 1 (DARTS), or PC-DARTS's K: only 1/K of each state's channels go through
+      the mixed ops (`PartialMixedOps`; the official SDARTS code's PC-DARTS has K = 4).
+    edge_norm: PC-DARTS's edge normalisation: A also holds, per cell type and node, the
+      weights of the node's incoming edges (`spaces.edge_norm_shapes`), which scale the
+      edges' outputs. The official SDARTS code has none.
   """
   space: spaces.SearchSpace
   num_classes: int
@@ -111,6 +183,14 @@ class Supernet(nn.Module):
   stem_multiplier: int = 3
   impl: str = "fused"
   bn_momentum: float = 0.9
+  partial_k: int = 1
+  edge_norm: bool = False
+
+  def alpha_shapes(self) -> dict[str, tuple[int, int]]:
+    """The arrays of alpha (and of A) by key: [14, ops] per cell type, and with edge_norm
+    the edge weights of `spaces.edge_norm_shapes`."""
+    extra = spaces.edge_norm_shapes(self.space.topology) if self.edge_norm else {}
+    return {**self.space.alpha_shapes(), **extra}
 
   def reduction_cells(self) -> tuple[int, ...]:
     return (self.layers // 3, 2 * self.layers // 3)
@@ -134,9 +214,13 @@ class Supernet(nn.Module):
       if reduction:
         c *= 2
       cell_type = "reduce" if reduction else "normal"
+      edge_weights = None
+      if self.edge_norm:
+        edge_weights = jnp.concatenate([A[spaces.edge_norm_key(cell_type, node)][0]
+                                        for node in range(spaces.NUM_NODES)])
       cell = Cell(self.space.ops(cell_type), c, reduction, reduction_prev, self.impl,
-                  self.bn_momentum, name=f"cell_{i}")
-      s0, s1 = s1, cell(s0, s1, A[cell_type], train, need)
+                  self.bn_momentum, self.partial_k, name=f"cell_{i}")
+      s0, s1 = s1, cell(s0, s1, A[cell_type], train, need, edge_weights)
       reduction_prev = reduction
     return classifier(self, s1, self.num_classes)
 
@@ -209,6 +293,10 @@ class NB201Supernet(nn.Module):
   @property
   def num_cells(self) -> int:
     return 3 * self.cells_per_stage
+
+  def alpha_shapes(self) -> dict[str, tuple[int, int]]:
+    """The arrays of alpha (and of A) by key: {"normal": [6, 5]}."""
+    return self.space.alpha_shapes()
 
   @nn.compact
   def __call__(self, x, A, train, need=ops.ALL_GRADS):
@@ -294,17 +382,11 @@ class OneShot1Cell(nn.Module):
         [w_out[v] * s for v, s in enumerate(states, start=1)], axis=-1)
 
 
-def max_pool_2x2_pad1(x):
-  """2x2 max pooling, stride 2, padding 1 (PyTorch's MaxPool2d(2, 2, padding=1), the
-  reference's downsampling): [N, H, W, C] -> [N, H // 2 + 1, W // 2 + 1, C]."""
-  return lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1),
-                           [(0, 0), (1, 1), (1, 1), (0, 0)])
-
-
 class OneShot1Supernet(nn.Module):
   """The NAS-Bench-1Shot1 one-shot model (the reference's optimizers/darts/model_search.py
   `Network`): a 3x3 conv-bn-relu stem to C channels, `layers` cells in three stacks, C
-  doubled and the input max-pooled (`max_pool_2x2_pad1`) before cells layers // 3 and
+  doubled and the input max-pooled (`max_pool_2x2` with padding 1, the reference's
+  downsampling) before cells layers // 3 and
   2 layers // 3, then ReLU, 1x1 convolution to the last stack's C, non-affine BatchNorm,
   global pool, dense. Every cell shares A.
 
@@ -335,6 +417,10 @@ class OneShot1Supernet(nn.Module):
   def num_cells(self) -> int:
     return self.layers
 
+  def alpha_shapes(self) -> dict[str, tuple[int, int]]:
+    """The arrays of alpha (and of A) by key (`nb101.alpha_shapes`)."""
+    return self.space.alpha_shapes()
+
   @nn.compact
   def __call__(self, x, A, train, need=ops.ALL_GRADS):
     c = self.channels
@@ -342,7 +428,7 @@ class OneShot1Supernet(nn.Module):
     for i in range(self.layers):
       if i in (self.layers // 3, 2 * self.layers // 3):
         c *= 2
-        s = max_pool_2x2_pad1(s)
+        s = max_pool_2x2(s, pad=1)
       s = OneShot1Cell(self.space.cell, c, self.impl, self.bn_momentum, name=f"cell_{i}")(
           s, A, train, need)
     kernel = self.param("post_kernel", ops.torch_uniform(s.shape[-1]), (1, 1, s.shape[-1], c))

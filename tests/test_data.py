@@ -344,3 +344,40 @@ def test_preprocess_and_to_global_do_not_depend_on_sharding():
   assert len(placed["image"].addressable_shards) == 4
   sharded = fn(jax.random.key(3), placed["image"])
   np.testing.assert_array_equal(sharded, single)
+
+
+# ---------------------------------------------------------------- cutout during search
+
+def test_cutout_squares_where_the_reference_puts_them():
+  """Hand-computed masks: for the centres (y, x) that the key draws, the reference's
+  Cutout zeroes rows clip(y - 8, 0, H) .. clip(y + 8, 0, H) and the same columns; with
+  probability 1 every image is cut there, with 0 none, and in between each image is
+  either cut there or left alone, both occurring."""
+  n, size, length = 64, 20, 16
+  x = jnp.ones((n, size, size, 2))
+  key = jax.random.key(5)
+  k_y, k_x = jax.random.split(key)
+  cy = np.asarray(jax.random.randint(k_y, (n, 1), 0, size))[:, 0]
+  cx = np.asarray(jax.random.randint(k_x, (n, 1), 0, size))[:, 0]
+  want = np.ones((n, size, size, 2), np.float32)
+  for i, (y, x_) in enumerate(zip(cy, cx)):
+    y1, y2 = np.clip([y - length // 2, y + length // 2], 0, size)
+    x1, x2 = np.clip([x_ - length // 2, x_ + length // 2], 0, size)
+    want[i, y1:y2, x1:x2] = 0
+  np.testing.assert_array_equal(data.cutout_square(key, x, length, 1.0), want)
+  np.testing.assert_array_equal(data.cutout_square(key, x, length), want)
+  np.testing.assert_array_equal(data.cutout_square(key, x, length, 0.0), x)
+  half = np.asarray(jax.jit(data.cutout_square, static_argnums=2)(key, x, length, 0.5))
+  cut = [np.array_equal(half[i], want[i]) for i in range(n)]
+  untouched = [np.array_equal(half[i], x[i]) for i in range(n)]
+  assert all(c or u for c, u in zip(cut, untouched)) and 10 < sum(cut) < 54
+
+
+def test_cutout_probability_ramps_over_the_epochs_as_the_reference():
+  """sota/cnn/train_search.py: cutout_prob * epoch / (epochs - 1), epoch from 0."""
+  assert data.cutout_prob_at(1.0, 0, 50) == 0.0
+  assert data.cutout_prob_at(1.0, 49, 50) == 1.0
+  assert data.cutout_prob_at(0.5, 7, 50) == 0.5 * 7 / 49
+  assert data.cutout_prob_at(1.0, 0, 1) == 0.0
+  assert float(jax.jit(data.cutout_prob_at, static_argnums=2)(1.0, jnp.int32(2), 5)) == 0.5
+  assert defaults.search_config("adv").data.cutout == 0  # off by default
