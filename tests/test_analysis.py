@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from sdarts_jax import hessian, search
-from sdarts_jax.analysis import hessian_runs, plots, runs, theory
+from sdarts_jax import hessian
+from sdarts_jax.analysis import figure, hessian_runs, plots, runs, theory
 
 KEY = jax.random.PRNGKey(0)
 
@@ -44,9 +44,9 @@ def test_pgd_gain_matches_taylor_for_small_eps_and_not_for_large(host):
 
 @functools.lru_cache(maxsize=None)
 def tiny_run(tmp: str) -> str:
+  """A finished tiny DARTS search, run by the figures' runner (figure.run_searches)."""
   config = tiny_config("darts", checkpoints_to_keep=0)
-  search.train_and_evaluate(config, tmp)
-  return tmp
+  return figure.run_searches({"darts": config}, tmp, "test")["darts"]
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,7 @@ def workdir(tmp_path_factory):
 
 
 def test_hessian_over_checkpoints(workdir, tmp_path):
+  assert workdir.endswith(os.sep + "darts")
   run = runs.open_run(workdir)
   assert run.steps() == [4, 8]
   flags = type("F", (), dict(top_k=2, lanczos_iters=10, trace_samples=4, batches=2))
@@ -67,6 +68,19 @@ def test_hessian_over_checkpoints(workdir, tmp_path):
   state = run.state(8)
   plots.alpha_heatmaps(runs.mixing_weights(state), run.model.space, "t", str(tmp_path / "a.png"))
   assert os.path.getsize(tmp_path / "a.png") > 1000
+
+
+def test_runner_reuses_a_finished_run(workdir):
+  """Rerunning the figures' runner on a finished search redoes nothing."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  with open(path) as f:
+    before = f.read()
+  config = tiny_config("darts", checkpoints_to_keep=0)
+  assert figure.run_searches({"darts": config}, os.path.dirname(workdir), "test") == {
+      "darts": workdir}
+  with open(path) as f:
+    assert f.read() == before
+  assert runs.open_run(workdir).steps() == [4, 8]
 
 
 def test_open_run_errors(tmp_path):

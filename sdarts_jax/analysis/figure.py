@@ -6,6 +6,9 @@
 Runs the three searches on a small supernet with the Hessian tracked every epoch (each a
 normal, resumable search workdir under --workdir), then plots lambda_max against epoch for
 the three in one PNG and prints the numbers. Rerunning resumes or reuses finished runs.
+
+The runner and the size flags here are shared with the NAS-Bench-201 trajectory figure
+(`sdarts_jax.analysis.trajectory`): `define_size_flags`, `sized`, `run_searches`.
 """
 from __future__ import annotations
 
@@ -16,34 +19,69 @@ import sys
 from absl import app, flags
 
 
-def config_for(method: str):
-  from sdarts_jax import defaults
-  f = flags.FLAGS
-  c = defaults.search_config(method)  # configs/cifar10_<method>.py without arguments
-  c.space = f.space
+def define_size_flags(workdir: str, out: str, epochs: int, channels: int, batch: int,
+                      examples: int, hessian_batches: int) -> None:
+  """The flags of a command that runs one small search per method, with its defaults."""
+  flags.DEFINE_string("data", "", "Image folder ({train,test}/<class>/*.jpg); empty: TFDS.")
+  flags.DEFINE_string("workdir", workdir, "Parent directory of the runs (one per method).")
+  flags.DEFINE_string("out", out, "Output PNG.")
+  flags.DEFINE_string("methods", "darts,rs,adv", "Methods to run.")
+  flags.DEFINE_integer("epochs", epochs, "Search epochs.")
+  flags.DEFINE_integer("channels", channels, "Initial channels.")
+  flags.DEFINE_integer("batch", batch, "Batch size.")
+  flags.DEFINE_integer("examples", examples, "Training images used (half weights, half alpha).")
+  flags.DEFINE_integer("hessian_batches", hessian_batches,
+                       "Validation batches averaged in each Hessian.")
+
+
+def sized(c, f):
+  """Search config `c` with the sizes of `define_size_flags`'s flags `f` (data, epochs,
+  channels, batch, images, Hessian batches); returns c."""
   c.epochs = f.epochs
-  c.model.layers, c.model.channels = f.layers, f.channels
+  c.model.channels = f.channels
   c.data.batch_size, c.data.max_examples = f.batch, f.examples
   c.data.folder = f.data
-  c.hessian.every_epochs = 1
   c.hessian.batches = f.hessian_batches
   c.log_every_steps = 10
   return c
 
 
+def run_searches(configs: dict, parent: str, command: str) -> dict[str, str]:
+  """Run one search per method, one after another, each in parent/<method>: started, resumed
+  from its last checkpoint, or (when finished) reused as it is. configs: method -> search
+  config. Returns method -> workdir. A preemption (SIGTERM) exits naming `command` (a module)
+  to rerun; a configuration another run left in a workdir is refused (`run.check_resume`)."""
+  from sdarts_jax import run, search
+  workdirs = {}
+  for method, config in configs.items():
+    workdir = os.path.join(parent, method)
+    try:
+      search.train_and_evaluate(config, workdir)
+    except run.Preempted as e:
+      sys.exit(f"{e} (python -m {command} with the same flags)")
+    workdirs[method] = workdir
+  return workdirs
+
+
+def config_for(method: str):
+  from sdarts_jax import defaults
+  f = flags.FLAGS
+  c = sized(defaults.search_config(method), f)  # configs/cifar10_<method>.py without arguments
+  c.space = f.space
+  c.model.layers = f.layers
+  c.hessian.every_epochs = 1
+  return c
+
+
 def main(argv):
   del argv
-  from sdarts_jax import metrics, run, search
+  from sdarts_jax import metrics, run
   from sdarts_jax.analysis import plots
   run.quiet_libraries()
   f = flags.FLAGS
+  configs = {method: config_for(method) for method in f.methods.split(",")}
   series = {}
-  for method in f.methods.split(","):
-    workdir = os.path.join(f.workdir, method)
-    try:
-      search.train_and_evaluate(config_for(method), workdir)
-    except run.Preempted as e:
-      sys.exit(f"{e} (python -m sdarts_jax.analysis.figure with the same flags)")
+  for method, workdir in run_searches(configs, f.workdir, "sdarts_jax.analysis.figure").items():
     points = [(r["epoch"], r["hessian_lambda_max"])
               for r in metrics.read_records(workdir, "hessian")]
     series[plots.run_label(workdir)] = points
@@ -54,16 +92,9 @@ def main(argv):
 
 
 def define_flags() -> None:
-  flags.DEFINE_string("data", "", "Image folder ({train,test}/<class>/*.jpg); empty: TFDS cifar10.")
-  flags.DEFINE_string("workdir", "runs/figure", "Parent directory of the three runs.")
-  flags.DEFINE_string("out", "docs/lambda_max_cpu.png", "Output PNG.")
-  flags.DEFINE_string("methods", "darts,rs,adv", "Methods to run.")
-  flags.DEFINE_integer("epochs", 15, "Search epochs.")
+  define_size_flags("runs/figure", "docs/lambda_max_cpu.png", epochs=15, channels=4, batch=32,
+                    examples=2048, hessian_batches=2)
   flags.DEFINE_integer("layers", 5, "Cells.")
-  flags.DEFINE_integer("channels", 4, "Initial channels.")
-  flags.DEFINE_integer("batch", 32, "Batch size.")
-  flags.DEFINE_integer("examples", 2048, "Training images used (half weights, half alpha).")
-  flags.DEFINE_integer("hessian_batches", 2, "Validation batches averaged in each Hessian.")
   flags.DEFINE_string("space", "s5", "Search space.")
 
 

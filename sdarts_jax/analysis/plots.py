@@ -1,4 +1,5 @@
-"""Figures from run directories: lambda_max against epoch, and A as heat maps."""
+"""Figures from run directories: values against epoch (lambda_max, benchmark accuracy), and A
+as heat maps."""
 from __future__ import annotations
 
 import os
@@ -18,17 +19,41 @@ def run_label(workdir: str) -> str:
   return f"{names.get(config['method'], config['method'])} ({config['space']})"
 
 
+LAMBDA_MAX = "lambda_max of the validation-loss Hessian (alpha)"
+
+# One panel of `panels`: (series: run label -> [(epoch, value), ...], y-axis label,
+# references: label -> value, drawn as dashed horizontal lines).
+Panel = tuple[dict[str, list[tuple[int, float]]], str, dict[str, float]]
+
+
 def trajectories(series: dict[str, list[tuple[int, float]]], out: str,
-                 ylabel: str = "lambda_max of the validation-loss Hessian (alpha)") -> None:
+                 ylabel: str = LAMBDA_MAX) -> None:
   """One line per run: label -> [(epoch, value), ...], saved as a PNG."""
-  fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-  for label, points in series.items():
-    epochs, values = zip(*points)
-    ax.plot(epochs, values, marker="o", markersize=3, label=label)
-  ax.set_xlabel("epoch")
-  ax.set_ylabel(ylabel)
-  ax.grid(alpha=0.3)
-  ax.legend()
+  panels([(series, ylabel, {})], out)
+
+
+def panels(content: list[Panel], out: str, title: str = "") -> None:
+  """Panels side by side, saved as a PNG: in each, one line per run (a run keeps its colour
+  in every panel; a run without points is left out) and one grey horizontal line per
+  reference."""
+  labels = list(dict.fromkeys(label for series, _, _ in content for label in series))
+  fig, axes = plt.subplots(1, len(content), figsize=(6 * len(content), 4), dpi=120,
+                           squeeze=False)
+  for ax, (series, ylabel, references) in zip(axes[0], content):
+    for label, points in series.items():
+      if points:
+        epochs, values = zip(*points)
+        ax.plot(epochs, values, marker="o", markersize=3, label=label,
+                color=f"C{labels.index(label)}")
+    for k, (label, value) in enumerate(references.items()):
+      ax.axhline(value, color="0.45", linewidth=1, linestyle=("--", ":", "-.")[k % 3],
+                 label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  if title:
+    fig.suptitle(title, fontsize=10)
   fig.tight_layout()
   fig.savefig(out)
   plt.close(fig)
