@@ -89,17 +89,17 @@ def plain_partial_mixed_ops(variables, x, weights, stride):
 @pytest.mark.parametrize("stride", [1, 2])
 def test_partial_mixed_ops_equal_the_plain_computation(stride):
   k_x, k_w, k_init = jax.random.split(jax.random.PRNGKey(stride), 3)
-  x = jax.random.normal(k_x, (2, 8, 8, 16))
+  x = jax.random.normal(k_x, (2, 8, 8, 8))  # C = 8, not K^2: a shuffle's transpose differs
   weights = jax.nn.softmax(jax.random.normal(k_w, (2, 4)), axis=-1)
   module = supernet.PartialMixedOps(EDGE_OPS, stride, K, "fused")
   variables = jax.jit(module.init)(k_init, x, weights, True)
-  # Every op is built at C/K = 4 channels.
+  # Every op is built at C/K = 2 channels.
   params = variables["params"]["ops"]
-  assert params["sep_conv_3x3"]["SepConv_0"]["pw_1"].shape == (1, 4, 4)
-  assert params["dil_conv_3x3"]["DilConv_0"]["pw"].shape == (1, 4, 4)
+  assert params["sep_conv_3x3"]["SepConv_0"]["pw_1"].shape == (1, 2, 2)
+  assert params["dil_conv_3x3"]["DilConv_0"]["pw"].shape == (1, 2, 2)
   got, _ = module.apply(variables, x, weights, True, mutable=["batch_stats"])
   want = plain_partial_mixed_ops(variables, x, weights, stride)
-  assert got.shape == want.shape == (2, 8 // stride, 8 // stride, 2, 16)
+  assert got.shape == want.shape == (2, 8 // stride, 8 // stride, 2, 8)
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
 
 
