@@ -96,12 +96,12 @@ def plot(runs: dict[str, dict], dataset: str, refs: dict[str, float], out: str,
   """The accuracy panel (with the references), and lambda_max beside it when tracked."""
   name = DATASET_NAMES[dataset]
   content = [(series(runs, f"nb201_{dataset}"),
-              f"NAS-Bench-201 {name} test accuracy of the derived cell (%)",
+              f"{name} test accuracy of the derived cell (%)",
               {f"best cell ({refs['best']:.2f})": refs["best"],
                f"all skip_connect ({refs['all_skip_connect']:.2f})": refs["all_skip_connect"]})]
   lambda_max = series(runs, "lambda_max")
   if any(lambda_max.values()):
-    content.append((lambda_max, plots.LAMBDA_MAX, {}))
+    content.append((lambda_max, "lambda_max of the Hessian of L_val (alpha)", {}))
   plots.panels(content, out, title)
 
 
