@@ -118,6 +118,10 @@ def test_command_reads_plots_and_writes_json(tmp_path, monkeypatch, capsys):
   assert "rs left out" in printed.err
   assert "| 2 | 54.30 `ssssss` | 94.37 `333s33` |" in printed.out
   assert f"| 3 | {written['darts'][2]['lambda_max']:.4f} | " in printed.out
+  mixing = printed.out.split("skip_connect / none:")[1]
+  w = written["adv"][0]["A"]
+  assert f"| 1 | {written['darts'][0]['A'][:, 1].mean():.4f} / " in mixing
+  assert f" | {w[:, 1].mean():.4f} / {w[:, 0].mean():.4f} |" in mixing
   escaped = trajectory.ALL_SKIP.replace("|", "\\|")
   assert f"| DARTS (nb201) | `{escaped}` | 54.30 | 15.61 | 16.32 | 3 | 1.1 |" in printed.out
 

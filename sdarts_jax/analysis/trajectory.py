@@ -116,7 +116,8 @@ def markdown_cell(cell: str) -> str:
 
 
 def tables(runs: dict[str, dict], dataset: str) -> str:
-  """The per-epoch numbers and the final cells as Markdown tables."""
+  """The per-epoch numbers and the final cells as Markdown tables (an epoch without any
+  value of a table is left out of it)."""
   labels = [r["label"] for r in runs.values()]
   all_epochs = sorted({e["epoch"] for r in runs.values() for e in r["epochs"]})
   by_epoch = [{e["epoch"]: e for e in r["epochs"]} for r in runs.values()]
@@ -126,7 +127,8 @@ def tables(runs: dict[str, dict], dataset: str) -> str:
              "|---" * (len(labels) + 1) + "|"]
     for epoch in all_epochs:
       values = [cell(rows[epoch]) if epoch in rows else "" for rows in by_epoch]
-      lines.append(f"| {epoch} | " + " | ".join(values) + " |")
+      if any(values):
+        lines.append(f"| {epoch} | " + " | ".join(values) + " |")
     return "\n".join(lines)
 
   key = f"nb201_{dataset}"
@@ -138,7 +140,7 @@ def tables(runs: dict[str, dict], dataset: str) -> str:
     parts.append(table("lambda_max:", lambda e: f"{e['lambda_max']:.4f}" if "lambda_max" in e
                        else ""))
   parts.append(table("Mean mixing weight over the 6 edges, skip_connect / none:",
-                     lambda e: " / ".join(f"{e[f'A_{op}']:.3f}" for op in WATCHED_OPS)))
+                     lambda e: " / ".join(f"{e[f'A_{op}']:.4f}" for op in WATCHED_OPS)))
   final = ["Final cells:", "", "| method | cell | CIFAR-10 | CIFAR-100 | ImageNet16-120 | "
            f"rank on {DATASET_NAMES[dataset]} | search minutes (training + Hessian) |",
            "|---|---|---|---|---|---|---|"]
