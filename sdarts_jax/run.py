@@ -23,8 +23,11 @@ RESUMABLE_FIELDS = ("log_every_steps", "compilation_cache", "checkpoints_to_keep
                     "data.threads")
 # Fields added to the config after runs were already being made, with the value that a
 # saved config.json without them means (the behaviour before the field existed): a run
-# started before second order landed resumes as the first-order run it is.
-ADDED_FIELDS = {"alpha.order": 1, "alpha.hvp": "exact", "alpha.hvp_r": 0.01}
+# started before second order landed resumes as the first-order run it is, one started
+# before PC-DARTS and search cutout as the plain DARTS-family supernet without cutout.
+ADDED_FIELDS = {"alpha.order": 1, "alpha.hvp": "exact", "alpha.hvp_r": 0.01,
+                "model.partial_k": 1, "model.edge_norm": False, "data.cutout": 0,
+                "data.cutout_prob": 1.0}
 
 
 class RunError(RuntimeError):

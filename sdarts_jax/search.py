@@ -22,6 +22,10 @@ from sdarts_jax import (checkpoint, data, genotype, hessian, losses, metrics, nb
 
 def check_config(config) -> None:
   """One clear ValueError for configuration mistakes, before anything is loaded or compiled."""
+  if config.method == "darts2":
+    raise ValueError("config.method=darts2: second-order DARTS is method darts with "
+                     "config.alpha.order=2 (--config.method=darts --config.alpha.order=2, or "
+                     "the config argument method=darts2, as in configs/cifar10_darts2.py)")
   if config.method not in step.METHODS:
     raise ValueError(f"unknown method {config.method!r} (config.method); known: "
                      f"{', '.join(step.METHODS)}")
@@ -193,7 +197,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   start = int(state["step"])
   progress = metrics.Progress(total_steps, config.data.batch_size, config.log_every_steps)
   if start == 0:
-    run.log(f"search: {config.method} on {source.name} ({len(source.labels)} images, "
+    variant = f", second order (H v {config.alpha.hvp})" if config.alpha.order == 2 else ""
+    if config.model.get("partial_k", 1) > 1:
+      variant += f", PC-DARTS K={config.model.partial_k}"
+    run.log(f"search: {config.method}{variant} on {source.name} ({len(source.labels)} images, "
          f"{spe} steps/epoch, {config.epochs} epochs), space {config.space}, "
          f"{model.num_cells} cells, C={config.model.channels}, batch "
          f"{config.data.batch_size}, {mesh.devices.size} device(s); compiling the step...")

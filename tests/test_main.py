@@ -83,3 +83,11 @@ def test_resume_of_a_run_saved_before_a_field_existed(tmp_path):
   (tmp_path / "eval").mkdir()
   (tmp_path / "eval" / "config.json").write_text(evaluation.to_json())
   run.check_resume(evaluation, str(tmp_path / "eval"))
+
+
+def test_method_darts2_in_the_method_field_says_where_second_order_is():
+  config = tiny_config("darts")
+  config.method = "darts2"
+  with pytest.raises(ValueError, match=r"config\.method=darts2: second-order DARTS is method "
+                                       r"darts with config\.alpha\.order=2"):
+    search.check_config(config)

@@ -16,12 +16,11 @@ IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 def _data(name: str, batch_size: int) -> ml_collections.ConfigDict:
-  """The search's data fields (`sdarts_jax.data`) without its split, plus cutout."""
+  """The search's data fields (`sdarts_jax.data`, cutout among them) without its split."""
   d = search_defaults.data_config()
   del d["train_portion"]
   d.name = name
   d.batch_size = batch_size
-  d.cutout = 0              # cutout square side in pixels (0 = off)
   return d
 
 
