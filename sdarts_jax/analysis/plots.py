@@ -37,7 +37,7 @@ def panels(content: list[Panel], out: str, title: str = "") -> None:
   in every panel; a run without points is left out) and one grey horizontal line per
   reference."""
   labels = list(dict.fromkeys(label for series, _, _ in content for label in series))
-  fig, axes = plt.subplots(1, len(content), figsize=(6 * len(content), 4.5), dpi=120,
+  fig, axes = plt.subplots(1, len(content), figsize=(6 * len(content), 5), dpi=120,
                            squeeze=False)
   for ax, (series, ylabel, references) in zip(axes[0], content):
     for label, points in series.items():
@@ -52,7 +52,8 @@ def panels(content: list[Panel], out: str, title: str = "") -> None:
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3,
+              frameon=False)  # below the panel: it never hides a point
   if title:
     fig.suptitle(title, fontsize=10)
   fig.tight_layout()
