@@ -428,3 +428,20 @@ def test_search_steps(space, method):
   got = {k: optax.tree_utils.tree_get(state["a_opt"], k) for k in adam}
   assert_close(got, adam, TOL_STEP, f"{label} Adam moments")
   assert int(optax.tree_utils.tree_get(state["a_opt"], "count")) == int(fx[f"{method}/adam/step"])
+
+
+@pytest.mark.parametrize("space,method", [r for r in RUNS if r[1] != "adv"])
+def test_mixing_weights_of_the_weight_step_equal_the_official(space, method):
+  """The A the official weight step used (its softmax of alpha, plus for RS the fed noise
+  and its clamp-and-renormalise), at every step, from the official alpha after that step's
+  update: `step.mixing_weights` and `perturb.clip` applied to the same numbers give it.
+  (ADV's A comes out of PGD's gradients: test_search_steps checks its effect.)"""
+  fx = fixture(space)
+  for t in range(fx[f"{method}/train_loss"].shape[0]):
+    A = step.mixing_weights({c: jnp.asarray(fx[f"{method}/alpha/{c}"][t])
+                             for c in spaces.CELL_TYPES})
+    if method == "rs":
+      A = perturb.clip({c: A[c] + fx[f"rs/noise/{c}"][t] for c in spaces.CELL_TYPES})
+    for c in spaces.CELL_TYPES:
+      np.testing.assert_allclose(A[c], fx[f"{method}/A_weights/{c}"][t], rtol=1e-6, atol=1e-7,
+                                 err_msg=f"{space} {method} step {t} {c}")
