@@ -73,8 +73,7 @@ def edge_weighted(A: Mapping[str, np.ndarray], cell_type: str) -> np.ndarray:
   weights = np.asarray(A[cell_type])
   if spaces.edge_norm_key(cell_type, 0) not in A:
     return weights
-  edge = np.concatenate([np.asarray(A[spaces.edge_norm_key(cell_type, node)])[0]
-                         for node in range(spaces.NUM_NODES)])
+  edge = np.concatenate([np.asarray(r) for r in spaces.edge_norm_rows(A, cell_type)])
   return weights * edge[:, None]
 
 

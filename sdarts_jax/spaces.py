@@ -160,6 +160,12 @@ def edge_norm_key(cell_type: str, node: int) -> str:
   return f"{cell_type}_edges_{node}"
 
 
+def edge_norm_rows(A, cell_type: str) -> list:
+  """The edge-normalisation weights of `cell_type` held in A, one row per node i, [2 + i]
+  each (concatenated: one weight per edge, in the order of the cell's 14 edges)."""
+  return [A[edge_norm_key(cell_type, node)][0] for node in range(NUM_NODES)]
+
+
 def edge_norm_shapes(topology: Topology = DARTS_CELL) -> dict[str, tuple[int, int]]:
   """PC-DARTS's edge normalisation (Xu et al. 2020, the betas): per searched cell type and
   node i, one weight per incoming edge, [1, inputs + i] (2, 3, 4, 5 in a DARTS cell), by

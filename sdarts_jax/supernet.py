@@ -216,8 +216,7 @@ class Supernet(nn.Module):
       cell_type = "reduce" if reduction else "normal"
       edge_weights = None
       if self.edge_norm:
-        edge_weights = jnp.concatenate([A[spaces.edge_norm_key(cell_type, node)][0]
-                                        for node in range(spaces.NUM_NODES)])
+        edge_weights = jnp.concatenate(spaces.edge_norm_rows(A, cell_type))
       cell = Cell(self.space.ops(cell_type), c, reduction, reduction_prev, self.impl,
                   self.bn_momentum, self.partial_k, name=f"cell_{i}")
       s0, s1 = s1, cell(s0, s1, A[cell_type], train, need, edge_weights)
