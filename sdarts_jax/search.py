@@ -6,6 +6,7 @@ checkpoint, loop. The step itself lives in `sdarts_jax.step`.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -14,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sdarts_jax import (checkpoint, data, genotype, hessian, losses, metrics, nb201, oneshot1, ops,
-                        optim, parallel, run, spaces, step, supernet)
+from sdarts_jax import (checkpoint, data, genotype, hessian, loop, losses, metrics, nb201,
+                        oneshot1, ops, optim, parallel, run, spaces, step, supernet)
 
 
 # ---------------------------------------------------------------- checks
@@ -193,82 +194,40 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return {}
 
   writer = metrics.MetricWriter(workdir)
-  preempted = run.on_sigterm()
-  start = int(state["step"])
-  progress = metrics.Progress(total_steps, config.data.batch_size, config.log_every_steps)
-  if start == 0:
+  if int(state["step"]) == 0:
     variant = f", second order (H v {config.alpha.hvp})" if config.alpha.order == 2 else ""
     if config.model.get("partial_k", 1) > 1:
       variant += f", PC-DARTS K={config.model.partial_k}"
     run.log(f"search: {config.method}{variant} on {source.name} ({len(source.labels)} images, "
-         f"{spe} steps/epoch, {config.epochs} epochs), space {config.space}, "
-         f"{model.num_cells} cells, C={config.model.channels}, batch "
-         f"{config.data.batch_size}, {mesh.devices.size} device(s); compiling the step...")
-  record = {}
-  # Sums of the current epoch's step metrics; a preempted run saves them with its
-  # mid-epoch checkpoint, so the resumed epoch's means cover all of its steps.
-  sums: dict[str, float] = dict(meta.get("epoch_sums", {})) if start % spe else {}
-  t_epoch = time.time()
-  # Metrics stay on the devices until a log step, an epoch end or a preemption fetches them
-  # (with their finite check), and the next batch is placed while the current step runs:
-  # the host never waits for a step it does not need the results of.
-  pending: list[tuple[int, dict]] = []
-  t_fetch = time.time()
+            f"{spe} steps/epoch, {config.epochs} epochs), space {config.space}, "
+            f"{model.num_cells} cells, C={config.model.channels}, batch "
+            f"{config.data.batch_size}, {mesh.devices.size} device(s); compiling the step...")
 
-  def fetch() -> None:
-    """Fetch, check, log and sum the pending steps' metrics."""
-    nonlocal pending, t_fetch
-    fetched = jax.device_get([m for _, m in pending])
-    seconds = (time.time() - t_fetch) / len(pending)
-    for (done, _), m in zip(pending, fetched):
-      m = {k: float(v) for k, v in m.items()}
-      run.check_finite(m, done, ckpt, workdir)
-      for k, v in m.items():
-        sums[k] = sums.get(k, 0.0) + v
-      progress.update(done, seconds, f"epoch {(done - 1) // spe + 1}/{config.epochs} loss "
-                                     f"{m['train_loss']:.3f} acc {m['train_accuracy']:.3f} "
-                                     f"eps {m['eps']:.3f}")
-      if done % config.log_every_steps == 0:
-        writer.write("train", done, m)
-    pending, t_fetch = [], time.time()
+  report = EpochReport(config, model, eval_source, infer, sharded, writer, workdir, table)
 
-  next_batch = lambda s: data.to_global(batches.batch(*divmod(s, spe)), sharded)
-  batch = next_batch(start) if start < total_steps else None
-  for global_step in range(start, total_steps):
-    epoch, index = divmod(global_step, spe)
-    if index == 0:
-      sums, t_epoch = {}, time.time()
-    state, m = train_step(state, batch)
-    done = global_step + 1
-    pending.append((done, m))
-    if done < total_steps:
-      batch = next_batch(done)  # while the step runs
-    stopping = preempted() and done < total_steps
-    if done % config.log_every_steps == 0 or index == spe - 1 or stopping:
-      fetch()
-    meta = {"step": done, "epoch": epoch + (index == spe - 1), "lambda_max": tracker.history}
-    if index == spe - 1:
-      record = _end_of_epoch(config, model, state, epoch, sums, spe, eval_source, infer,
-                             sharded, writer, workdir, time.time() - t_epoch, table)
-      record.update(tracker.measure(state, epoch, writer, done))
-      stop_epoch = tracker.stop_epoch()
-      if stop_epoch is not None:
-        run.log(f"early stop (RobustDARTS rule on lambda_max) at epoch {epoch + 1}: keeping the "
-             f"genotype of epoch {stop_epoch}")
-        writer.write("early_stop", done, {"epoch": epoch + 1, "genotype_epoch": stop_epoch})
-        if metrics.is_writer():
-          genotype.save(genotype.load(_genotype_path(workdir, stop_epoch)),
-                        os.path.join(workdir, "genotype.json"))
-        ckpt.save(done, state, dict(meta, lambda_max=tracker.history, early_stopped=True))
-        break
-      # A run stopping now saves this step below (orbax refuses a step twice).
-      if not stopping and ((epoch + 1) % config.checkpoint_every_epochs == 0
-                           or done == total_steps):
-        ckpt.save(done, state, dict(meta, lambda_max=tracker.history))
-      t_fetch = time.time()  # the progress rate counts step time alone
-    if stopping:
-      run.preempt(ckpt, done, state, dict(meta, epoch_sums=sums))
-  ckpt.wait()
+  def end_of_epoch(state, epoch, means, seconds, done):
+    record = report(state, epoch, done, means, seconds)
+    record.update(tracker.measure(state, epoch, writer, done))
+    stop_epoch = tracker.stop_epoch()
+    if stop_epoch is not None:
+      run.log(f"early stop (RobustDARTS rule on lambda_max) at epoch {epoch + 1}: keeping the "
+              f"genotype of epoch {stop_epoch}")
+      writer.write("early_stop", done, {"epoch": epoch + 1, "genotype_epoch": stop_epoch})
+      if metrics.is_writer():
+        genotype.save(genotype.load(_genotype_path(workdir, stop_epoch)),
+                      os.path.join(workdir, "genotype.json"))
+    return record, stop_epoch is not None
+
+  def checkpoint_record(done, epochs_done):
+    early_stopped = {"early_stopped": True} if tracker.stop_epoch() is not None else {}
+    return {"step": done, "epoch": epochs_done, "lambda_max": tracker.history, **early_stopped}
+
+  batches_from = lambda start: (data.to_global(batches.batch(*divmod(s, spe)), sharded)
+                                for s in range(start, total_steps))
+  describe = lambda m: (f"loss {m['train_loss']:.3f} acc {m['train_accuracy']:.3f} "
+                        f"eps {m['eps']:.3f}")
+  record = loop.Loop(config, ckpt, writer, workdir).train(
+      state, meta, spe, train_step, batches_from, end_of_epoch, checkpoint_record, describe)
   ckpt.close()
   writer.close()
   if metrics.is_writer():
@@ -276,41 +235,52 @@ def train_and_evaluate(config, workdir: str) -> dict:
   return record
 
 
-def _end_of_epoch(config, model, state, epoch, sums, spe, eval_source, infer, sharded, writer,
-                  workdir, seconds, table=None) -> dict:
-  """Epoch means, accuracy on the alpha half, genotype and A: logged and written; with a
-  benchmark table, the cell's benchmark scores (`nb201.Table.query`: accuracies and ranks;
+@dataclasses.dataclass
+class EpochReport:
+  """The search's end of an epoch: the epoch's means, the accuracy on the alpha half
+  (`infer`), the genotype and A, logged and written (metrics, TensorBoard, genotypes/); with
+  a benchmark `table`, the cell's scores (`nb201.Table.query`: accuracies and ranks;
   `oneshot1.Benchmark.query`: accuracies and test regret)."""
-  A = jax.device_get(step.mixing_weights(state["alpha"]))
-  geno = genotype.derive(A, model.space)
-  record = {f"{k}": v / spe for k, v in sums.items()}
-  record.update(epoch=epoch + 1, seconds=seconds)
-  if config.data.cutout:
-    record.update(cutout_prob=data.cutout_prob_at(config.data.cutout_prob, epoch, config.epochs))
-  if config.eval_every_epochs and (epoch + 1) % config.eval_every_epochs == 0:
-    loss, correct = 0.0, 0
-    for images, labels, n in data.eval_batches(eval_source, config.data.batch_size):
-      batch = data.to_global({"image": images, "label": labels}, sharded)
-      l, c = infer(state["params"], state["batch_stats"], step.mixing_weights(state["alpha"]),
-                   batch["image"], batch["label"], n)
-      loss, correct = loss + float(l), correct + int(c)
-    record.update(eval_loss=loss / len(eval_source.labels),
-                  eval_accuracy=correct / len(eval_source.labels))
-  if table is not None:
-    record.update(table.query(geno["nb201"] if "nb201" in geno else geno["nb101"]))
-  done = (epoch + 1) * spe
-  writer.write("epoch", done, {**record, "genotype": geno,
-                               "A": {t: np.asarray(a) for t, a in A.items()}})
-  writer.text("genotype", done, json.dumps(geno))
-  for cell_type, a in A.items():
-    writer.heatmap(f"A/{cell_type}", done, np.asarray(a))
-  if metrics.is_writer():
-    os.makedirs(os.path.join(workdir, "genotypes"), exist_ok=True)
-    genotype.save(geno, _genotype_path(workdir, epoch + 1))
-    genotype.save(geno, os.path.join(workdir, "genotype.json"))
-  shown = {k: round(v, 4) for k, v in record.items() if isinstance(v, float)}
-  run.log(f"\nepoch {epoch + 1}/{config.epochs}: {shown}\n  genotype {json.dumps(geno)}")
-  return record
+  config: object
+  model: object  # the supernet (`build_model`)
+  eval_source: data.Source
+  infer: object
+  sharded: object
+  writer: metrics.MetricWriter
+  workdir: str
+  table: object = None
+
+  def __call__(self, state, epoch: int, done: int, means: dict, seconds: float) -> dict:
+    """The epoch's record (epoch counts from 0; done: steps done)."""
+    config, writer, workdir, eval_source = self.config, self.writer, self.workdir, self.eval_source
+    A = jax.device_get(step.mixing_weights(state["alpha"]))
+    geno = genotype.derive(A, self.model.space)
+    record = dict(means, epoch=epoch + 1, seconds=seconds)
+    if config.data.cutout:
+      record.update(cutout_prob=data.cutout_prob_at(config.data.cutout_prob, epoch, config.epochs))
+    if config.eval_every_epochs and (epoch + 1) % config.eval_every_epochs == 0:
+      loss, correct = 0.0, 0
+      for images, labels, n in data.eval_batches(eval_source, config.data.batch_size):
+        batch = data.to_global({"image": images, "label": labels}, self.sharded)
+        l, c = self.infer(state["params"], state["batch_stats"],
+                          step.mixing_weights(state["alpha"]), batch["image"], batch["label"], n)
+        loss, correct = loss + float(l), correct + int(c)
+      record.update(eval_loss=loss / len(eval_source.labels),
+                    eval_accuracy=correct / len(eval_source.labels))
+    if self.table is not None:
+      record.update(self.table.query(geno["nb201"] if "nb201" in geno else geno["nb101"]))
+    writer.write("epoch", done, {**record, "genotype": geno,
+                                 "A": {t: np.asarray(a) for t, a in A.items()}})
+    writer.text("genotype", done, json.dumps(geno))
+    for cell_type, a in A.items():
+      writer.heatmap(f"A/{cell_type}", done, np.asarray(a))
+    if metrics.is_writer():
+      os.makedirs(os.path.join(workdir, "genotypes"), exist_ok=True)
+      genotype.save(geno, _genotype_path(workdir, epoch + 1))
+      genotype.save(geno, os.path.join(workdir, "genotype.json"))
+    shown = {k: round(v, 4) for k, v in record.items() if isinstance(v, float)}
+    run.log(f"\nepoch {epoch + 1}/{config.epochs}: {shown}\n  genotype {json.dumps(geno)}")
+    return record
 
 
 def _genotype_path(workdir: str, epoch: int) -> str:

@@ -1,20 +1,19 @@
 """Training a found cell from scratch (SPEC section 6): the evaluation loop.
 
 `train_and_evaluate(config, workdir)` trains the network of `config.arch` and is what
-`main.py` calls for `config.mode == "train"`. It has the search loop's shape and reuses
-its pieces (`sdarts_jax.run`, `checkpoint`, `metrics`, `parallel`, `data`): checks, mesh,
-input, model and state, compiled functions, checkpoint, loop.
+`main.py` calls for `config.mode == "train"`. It has the search's shape (checks, mesh,
+input, model and state, compiled functions, checkpoint) and runs the search's loop
+(`sdarts_jax.loop`) with its own step, batches and end-of-epoch evaluation.
 """
 from __future__ import annotations
 
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from sdarts_jax import checkpoint, genotype, losses, metrics, ops, optim, parallel, run
+from sdarts_jax import checkpoint, genotype, loop, losses, metrics, ops, optim, parallel, run
 from sdarts_jax.evaluation import input_pipeline, network
 
 
@@ -148,7 +147,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # Input.
   inputs = input_pipeline.make_input(config.data, config.seed, mesh)
   spe = inputs.steps_per_epoch
-  total_steps = config.epochs * spe
 
   # Model and state.
   model = build_model(config, inputs.num_classes)
@@ -168,65 +166,42 @@ def train_and_evaluate(config, workdir: str) -> dict:
   state, meta = run.restore_or_init(ckpt, init, replicated, workdir)
 
   writer = metrics.MetricWriter(workdir)
-  preempted = run.on_sigterm()
-  start = int(state["step"])
-  progress = metrics.Progress(total_steps, config.data.batch_size, config.log_every_steps)
-  if start == 0:
+  if int(state["step"]) == 0:
     run.log(f"train: {config.arch} on {config.data.folder or config.data.name} ({spe} steps/epoch, "
             f"{config.epochs} epochs), {config.model.layers} cells, C={config.model.channels}, "
             f"{num_params:,} parameters without the auxiliary head, batch "
             f"{config.data.batch_size}, {mesh.devices.size} device(s); compiling the step...")
-  record = {}
-  first_epoch, first_index = divmod(start, spe)
-  for epoch in range(first_epoch, config.epochs):
-    offset = first_index if epoch == first_epoch else 0
-    # A preempted run saved its epoch's partial sums: the resumed epoch's means cover all
-    # of its steps.
-    sums = dict(meta.get("epoch_sums", {})) if offset else {}
-    t_epoch, t_step = time.time(), time.time()
-    for index, batch in enumerate(inputs.train_epoch(epoch, offset), start=offset):
-      state, m = train_step(state, batch)
-      m = {k: float(v) for k, v in jax.device_get(m).items()}
-      done = epoch * spe + index + 1
-      run.check_finite(m, done, ckpt, workdir)
-      for k, v in m.items():
-        sums[k] = sums.get(k, 0.0) + v
-      progress.update(done, time.time() - t_step,
-                      f"epoch {epoch + 1}/{config.epochs} loss {m['train_loss']:.3f} "
-                      f"acc {m['train_accuracy']:.3f} lr {m['lr']:.4f}")
-      t_step = time.time()
-      if done % config.log_every_steps == 0:
-        writer.write("train", done, m)
-      if preempted() and index + 1 < spe:
-        run.preempt(ckpt, done, state, {"step": done, "epoch": epoch, "epoch_sums": sums})
-    record = _end_of_epoch(config, epoch, sums, spe, state, inputs, infer, writer,
-                           time.time() - t_epoch, num_params)
-    if preempted() and done < total_steps:
-      run.preempt(ckpt, done, state, {"step": done, "epoch": epoch + 1})
-    if (epoch + 1) % config.checkpoint_every_epochs == 0 or done == total_steps:
-      ckpt.save(done, state, {"step": done, "epoch": epoch + 1})
-  ckpt.wait()
+
+  def end_of_epoch(state, epoch, means, seconds, done):
+    """The epoch's means of the train metrics, test loss / top-1 / top-5 (every
+    config.eval_every_epochs epochs and after the last): logged and written."""
+    record = dict(means, epoch=epoch + 1, seconds=seconds, params=num_params)
+    if config.eval_every_epochs and ((epoch + 1) % config.eval_every_epochs == 0
+                                     or epoch + 1 == config.epochs):
+      totals: dict[str, float] = {}
+      for batch in inputs.eval_batches():
+        out = jax.device_get(infer(state["params"], state["batch_stats"], batch))
+        for k, v in out.items():
+          totals[k] = totals.get(k, 0.0) + float(v)
+      n = max(totals["count"], 1.0)
+      record.update(test_loss=totals["loss"] / n, test_accuracy=totals["top1"] / n,
+                    test_top5_accuracy=totals["top5"] / n)
+    writer.write("epoch", done, record)
+    shown = {k: round(v, 4) for k, v in record.items() if isinstance(v, float)}
+    run.log(f"\nepoch {epoch + 1}/{config.epochs}: {shown}")
+    return record, False
+
+  def batches_from(start):
+    first_epoch, offset = divmod(start, spe)
+    for epoch in range(first_epoch, config.epochs):
+      yield from inputs.train_epoch(epoch, offset if epoch == first_epoch else 0)
+
+  checkpoint_record = lambda done, epochs_done: {"step": done, "epoch": epochs_done}
+  describe = lambda m: (f"loss {m['train_loss']:.3f} acc {m['train_accuracy']:.3f} "
+                        f"lr {m['lr']:.4f}")
+  record = loop.Loop(config, ckpt, writer, workdir).train(
+      state, meta, spe, train_step, batches_from, end_of_epoch, checkpoint_record, describe)
   ckpt.close()
   writer.close()
   return record
 
-
-def _end_of_epoch(config, epoch, sums, steps, state, inputs, infer, writer, seconds,
-                  num_params) -> dict:
-  """Epoch means of the train metrics, test loss / top-1 / top-5: logged and written."""
-  record = {k: v / steps for k, v in sums.items()}
-  record.update(epoch=epoch + 1, seconds=seconds, params=num_params)
-  if config.eval_every_epochs and ((epoch + 1) % config.eval_every_epochs == 0
-                                   or epoch + 1 == config.epochs):
-    totals: dict[str, float] = {}
-    for batch in inputs.eval_batches():
-      out = jax.device_get(infer(state["params"], state["batch_stats"], batch))
-      for k, v in out.items():
-        totals[k] = totals.get(k, 0.0) + float(v)
-    n = max(totals["count"], 1.0)
-    record.update(test_loss=totals["loss"] / n, test_accuracy=totals["top1"] / n,
-                  test_top5_accuracy=totals["top5"] / n)
-  writer.write("epoch", (epoch + 1) * inputs.steps_per_epoch, record)
-  shown = {k: round(v, 4) for k, v in record.items() if isinstance(v, float)}
-  run.log(f"\nepoch {epoch + 1}/{config.epochs}: {shown}")
-  return record
