@@ -16,7 +16,9 @@ import pytest
 from sdarts_jax import nb101
 
 I, O, C3, C1, MP = nb101.INPUT, nb101.OUTPUT, nb101.CONV3X3, nb101.CONV1X1, nb101.MAXPOOL3X3
-REF_NASBENCH = pathlib.Path("/work/ref/nasbench")  # the official NAS-Bench-101 code, read only
+# A checkout of github.com/google-research/nasbench (the official NAS-Bench-101 code, read
+# only), named by $SDARTS_NASBENCH_CODE (`.ci/run` sets it where the workplace has one).
+REF_NASBENCH = pathlib.Path(os.environ.get("SDARTS_NASBENCH_CODE", "/nonexistent"))
 # A file TensorFlow's TFRecordWriter wrote, shipped with grain (a dependency of the project).
 GRAIN_TFRECORD = (pathlib.Path(importlib.util.find_spec("grain").origin).parent
                   / "_src/python/testdata/morris_sequence_first_5.tfrecord")
@@ -31,7 +33,8 @@ def official():
   """NAS-Bench-101's lib.model_spec (pruning, hash_spec) and lib.graph_util (hash_module):
   both need only numpy, so they import without TensorFlow."""
   if not (REF_NASBENCH / "nasbench/lib/model_spec.py").is_file():
-    pytest.skip(f"the official NAS-Bench-101 code is not checked out at {REF_NASBENCH}")
+    pytest.skip("the official NAS-Bench-101 code is not checked out at $SDARTS_NASBENCH_CODE "
+                f"({REF_NASBENCH})")
   sys.path.insert(0, str(REF_NASBENCH))
   try:
     return importlib.import_module("nasbench.lib.model_spec")
@@ -162,7 +165,7 @@ def test_hash_matches_the_official_function(official):
 
 def test_hash_pinned_values():
   """Computed with the official code: ModelSpec(matrix, ops).hash_spec(['conv3x3-bn-relu',
-  'conv1x1-bn-relu', 'maxpool3x3']) from /work/ref/nasbench (nasbench/lib/model_spec.py)."""
+  'conv1x1-bn-relu', 'maxpool3x3']) from $SDARTS_NASBENCH_CODE (nasbench/lib/model_spec.py)."""
   assert nb101.spec_hash(*API_EXAMPLE) == "28cfc7874f6d200472e1a9dcd8650aa0"
   assert nb101.spec_hash([[0, 1, 0], [0, 0, 1], [0, 0, 0]], [I, C3, O]) == \
       "b49ac8c578b4561d79ac7087988f1c61"

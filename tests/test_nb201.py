@@ -12,13 +12,12 @@ import optax
 import pytest
 from jax import lax
 
-from conftest import override
+from conftest import override, shared_data
 from sdarts_jax import defaults, genotype, metrics, nb201, spaces, search, supernet
 
 SPACE = spaces.get_space("nb201")
 SKIP = "|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|"
-TABLE = next((p for p in (pathlib.Path(__file__).resolve().parents[2] / "shared/data/nb201",
-                          pathlib.Path("/work/shared/data/nb201")) if p.is_dir()), None)
+TABLE = shared_data("nb201")
 
 
 # ---------------------------------------------------------------- the network

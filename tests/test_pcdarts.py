@@ -19,10 +19,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # Parameters of the official SDARTS PC-DARTS supernet (sota/cnn/model_search_pcdarts.py,
 # PCDARTSNetwork(C=16, 10 classes, 8 cells)) by space, counted with PyTorch 2.13.0 (CPU) from
-# a checkout of github.com/xiangning-chen/SmoothDARTS (commit d3dbfed) at /work/ref:
-#   /work/torchenv/bin/python - <<'PY'
-#   import sys, types, torch, torch.nn as nn
-#   sys.path.insert(0, "/work/ref")
+# a checkout of github.com/xiangning-chen/SmoothDARTS (commit d3dbfed) at $REF:
+#   REF=path/to/SmoothDARTS python - <<'PY'   # a Python with PyTorch
+#   import os, sys, types, torch, torch.nn as nn
+#   sys.path.insert(0, os.environ["REF"])
 #   torch.Tensor.cuda = lambda self, *a, **k: self  # the alphas are made with .cuda()
 #   for m in ("PIL", "torchvision", "torchvision.transforms", "torchvision.datasets",
 #             "torchvision.datasets.utils"):  # imported by optimizers/darts/utils.py, unused
