@@ -434,18 +434,20 @@ class TrainBatches:
     return {"image": self.source.images[chosen], "label": self.source.labels[chosen]}
 
 
-def eval_batches(source: Source, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+def eval_batches(source: Source, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
   """The whole split once, in order, in batches of a fixed shape.
 
-  Yields (images [B, H, W, 3] uint8, labels [B] int32, num_valid): the last batch is
-  padded to B by repeating the last example; only its first num_valid rows are real.
+  Yields {"image": [B, H, W, 3] uint8, "label": [B] int32, "valid": [B] bool}: the last
+  batch is padded to B by repeating the last example, with valid False on the padding (the
+  convention of every evaluation batch, the streamed ImageNet input's included).
   """
   if batch_size <= 0:
     raise ValueError(f"batch_size must be positive, got {batch_size}")
   n = len(source.labels)
   for start in range(0, n, batch_size):
-    index = np.minimum(np.arange(start, start + batch_size), n - 1)
-    yield source.images[index], source.labels[index], min(batch_size, n - start)
+    positions = np.arange(start, start + batch_size)
+    index = np.minimum(positions, n - 1)
+    yield {"image": source.images[index], "label": source.labels[index], "valid": positions < n}
 
 
 # ---------------------------------------------------------------- device side

@@ -130,13 +130,13 @@ def make_train_step(model, config, steps_per_epoch: int, source: data.Source):
 
 
 def make_infer(model, source: data.Source, seed: int):
-  """infer(params, batch_stats, A, images, labels, num_valid) -> (loss sum, correct count)
-  over the first num_valid examples, BatchNorm in inference mode."""
-  def infer(params, batch_stats, A, images, labels, num_valid):
-    x = data.preprocess(None, images, source.mean, source.std, augment=False)
+  """infer(params, batch_stats, A, batch) -> (loss sum, correct count) over the valid rows
+  of an evaluation batch (`data.eval_batches`), BatchNorm in inference mode."""
+  def infer(params, batch_stats, A, batch):
+    x = data.preprocess(None, batch["image"], source.mean, source.std, augment=False)
     logits = model.apply({"params": params, "batch_stats": batch_stats}, x, A, False,
                          rngs={"noise": jax.random.PRNGKey(seed)})
-    valid = jnp.arange(labels.shape[0]) < num_valid
+    labels, valid = batch["label"], batch["valid"]
     per_example = losses.cross_entropy_per_example(logits, labels)
     correct = jnp.argmax(logits, -1) == labels
     return jnp.sum(jnp.where(valid, per_example, 0.0)), jnp.sum(jnp.where(valid, correct, 0))
@@ -181,7 +181,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                        in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
                        donate_argnums=0)
   infer = jax.jit(make_infer(model, source, config.seed),
-                  in_shardings=(replicated, replicated, replicated, sharded, sharded, None),
+                  in_shardings=(replicated, replicated, replicated, sharded),
                   out_shardings=replicated)
   tracker = HessianTracker(config, model, eval_source, mesh)
 
@@ -260,10 +260,10 @@ class EpochReport:
       record.update(cutout_prob=data.cutout_prob_at(config.data.cutout_prob, epoch, config.epochs))
     if config.eval_every_epochs and (epoch + 1) % config.eval_every_epochs == 0:
       loss, correct = 0.0, 0
-      for images, labels, n in data.eval_batches(eval_source, config.data.batch_size):
-        batch = data.to_global({"image": images, "label": labels}, self.sharded)
+      for batch in data.eval_batches(eval_source, config.data.batch_size):
         l, c = self.infer(state["params"], state["batch_stats"],
-                          step.mixing_weights(state["alpha"]), batch["image"], batch["label"], n)
+                          step.mixing_weights(state["alpha"]),
+                          data.to_global(batch, self.sharded))
         loss, correct = loss + float(l), correct + int(c)
       record.update(eval_loss=loss / len(eval_source.labels),
                     eval_accuracy=correct / len(eval_source.labels))

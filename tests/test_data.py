@@ -284,13 +284,13 @@ def test_search_batches_batch_too_large():
 def test_eval_batches_cover_split_once():
   src = array_source(10)
   batches = list(data.eval_batches(src, 4))
-  assert [valid for _, _, valid in batches] == [4, 4, 2]
-  assert all(images.shape == (4, 4, 4, 3) and labels.shape == (4,)
-             for images, labels, _ in batches)
-  labels = np.concatenate([labels[:valid] for _, labels, valid in batches])
+  assert [b["valid"].tolist() for b in batches] == [[True] * 4, [True] * 4,
+                                                    [True, True, False, False]]
+  assert all(b["image"].shape == (4, 4, 4, 3) and b["label"].shape == (4,) for b in batches)
+  labels = np.concatenate([b["label"][b["valid"]] for b in batches])
   np.testing.assert_array_equal(labels, np.arange(10))
-  np.testing.assert_array_equal(batches[-1][1], [8, 9, 9, 9])
-  np.testing.assert_array_equal(batches[-1][0][:, 0, 0, 0], [8, 9, 9, 9])
+  np.testing.assert_array_equal(batches[-1]["label"], [8, 9, 9, 9])
+  np.testing.assert_array_equal(batches[-1]["image"][:, 0, 0, 0], [8, 9, 9, 9])
 
 
 # ---------------------------------------------------------------- preprocess, placement

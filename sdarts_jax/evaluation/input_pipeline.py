@@ -64,9 +64,8 @@ class InMemoryInput:
 
   def eval_batches(self) -> Iterator[Batch]:
     """The test split once, with "valid" [B] bool marking the real rows."""
-    for images, labels, n in data.eval_batches(self.test, self.cfg.batch_size):
-      valid = np.arange(len(labels)) < n
-      yield data.to_global({"image": images, "label": labels, "valid": valid}, self.sharding)
+    for batch in data.eval_batches(self.test, self.cfg.batch_size):
+      yield data.to_global(batch, self.sharding)
 
   def preprocess(self, key, images: jax.Array, train: bool) -> jax.Array:
     """uint8 [N, H, W, 3] -> normalised float32; crop, flip and cutout in training."""
