@@ -141,26 +141,36 @@ def prepare_command(name: str, data_dir: str = "") -> str:
   return command + (f" --data_dir={data_dir}" if data_dir else "")
 
 
-def _read_tfds(name: str, split: str, data_dir: str, max_examples: int):
-  """Read a prepared TFDS split (array_record, no TensorFlow, no download).
-
-  Returns images [N, H, W, 3] uint8, labels [N] int32, num_classes.
-  """
-  import tensorflow_datasets as tfds  # here: a second to import, needed by this source only
+def open_tfds(name: str, split: str, data_dir: str, prepare_help: str = ""):
+  """The TFDS data source of a prepared split in the array_record format (read without
+  TensorFlow, never downloaded), or one DataError naming the dataset, split, data dir and
+  TFDS's reason, followed by `prepare_help` (default: `prepare_command` and the image-folder
+  alternative)."""
+  import tensorflow_datasets as tfds  # here: a second to import, needed by TFDS sources only
   try:
-    records = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False,
-                               builder_kwargs={"file_format": "array_record"})
+    return tfds.data_source(name, split=split, data_dir=data_dir or None, download=False,
+                            builder_kwargs={"file_format": "array_record"})
   except (KeyError, NotImplementedError, ValueError, OSError) as e:
     where = data_dir or f"TFDS's default data dir {tfds.core.constants.get_default_data_dir()}"
     reason = str(e.args[0] if e.args else type(e).__name__).strip().splitlines()[0]
+    prepare_help = prepare_help or (
+        f"Prepare it once, on a machine with internet access: "
+        f"`{prepare_command(name, data_dir)}`, and set config.data.tfds_data_dir to that data "
+        "dir unless it is TFDS's default. Or use an image folder instead: "
+        f"--config.data.folder=PATH, laid out as {FOLDER_LAYOUT}.")
     raise DataError(
         f"The TFDS dataset {name!r} (config.data.name) has no prepared {split!r} split in "
         f"{where} (config.data.tfds_data_dir) in the array_record format, which sdarts_jax "
-        f"reads without TensorFlow (TFDS says: \"{reason.rstrip('.')}\"). Prepare it once, "
-        f"on a machine with internet access: `{prepare_command(name, data_dir)}`, and set "
-        "config.data.tfds_data_dir to that data dir unless it is TFDS's default. Or use an "
-        f"image folder instead: --config.data.folder=PATH, laid out as {FOLDER_LAYOUT}."
+        f"reads without TensorFlow (TFDS says: \"{reason.rstrip('.')}\"). {prepare_help}"
     ) from None
+
+
+def _read_tfds(name: str, split: str, data_dir: str, max_examples: int):
+  """Read a prepared TFDS split into memory (`open_tfds`).
+
+  Returns images [N, H, W, 3] uint8, labels [N] int32, num_classes.
+  """
+  records = open_tfds(name, split, data_dir)
   n = len(records) if not max_examples else min(len(records), max_examples)
   examples = [records[i] for i in range(n)]
   images = np.stack([np.asarray(e["image"], np.uint8) for e in examples])
@@ -359,6 +369,16 @@ def search_split(num_examples: int, portion: float) -> tuple[np.ndarray, np.ndar
   return np.arange(n_weights), np.arange(n_weights, num_examples)
 
 
+def epoch_rows(indices: np.ndarray, batch_size: int, key: list[int]) -> np.ndarray:
+  """The one epoch sampler of every run: the examples of each step of an epoch, a
+  permutation of `indices` drawn from default_rng(key) cut into [steps, batch_size] rows
+  (the tail that does not fill a batch dropped). key holds the seed and the epoch, so the
+  order is a pure function of them and a run resumes exactly."""
+  order = np.random.default_rng(key).permutation(indices)
+  steps = len(order) // batch_size
+  return order[:steps * batch_size].reshape(steps, batch_size)
+
+
 class SearchBatches:
   """Global batches for a search: each step takes one batch from the weight half and one
   from the alpha half, both without replacement within an epoch; the order is a pure
@@ -385,19 +405,13 @@ class SearchBatches:
           f"examples, config.data.train_portion = {portion}), so not one full batch. Lower "
           "the batch size, or use more examples (config.data.max_examples = 0 keeps all).")
 
-  def order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-    """The epoch's permutations of the weight half and the alpha half (example indices)."""
-    train = np.random.default_rng([self.seed, epoch, 0]).permutation(self.train_indices)
-    val = np.random.default_rng([self.seed, epoch, 1]).permutation(self.val_indices)
-    return train, val
-
   def batch(self, epoch: int, index: int) -> dict[str, np.ndarray]:
     """Step `index` of `epoch`: {"train_image": [B, H, W, 3] uint8, "train_label": [B]
     int32, "val_image", "val_label"} (train_* from the weight half, val_* from alpha's)."""
     if not 0 <= index < self.steps_per_epoch:
       raise IndexError(f"batch index {index} outside [0, {self.steps_per_epoch})")
-    window = slice(index * self.batch_size, (index + 1) * self.batch_size)
-    train, val = (part[window] for part in self.order(epoch))
+    train = epoch_rows(self.train_indices, self.batch_size, [self.seed, epoch, 0])[index]
+    val = epoch_rows(self.val_indices, self.batch_size, [self.seed, epoch, 1])[index]
     return {"train_image": self.source.images[train], "train_label": self.source.labels[train],
             "val_image": self.source.images[val], "val_label": self.source.labels[val]}
 
@@ -422,15 +436,12 @@ class TrainBatches:
           f"examples of {source.name}, so not one full batch. Lower the batch size, or use "
           "more examples (config.data.max_examples = 0 keeps all).")
 
-  def order(self, epoch: int) -> np.ndarray:
-    """The epoch's permutation of the example indices."""
-    return np.random.default_rng([self.seed, epoch]).permutation(len(self.source.labels))
-
   def batch(self, epoch: int, index: int) -> dict[str, np.ndarray]:
     """Step `index` of `epoch`: {"image": [B, H, W, 3] uint8, "label": [B] int32}."""
     if not 0 <= index < self.steps_per_epoch:
       raise IndexError(f"batch index {index} outside [0, {self.steps_per_epoch})")
-    chosen = self.order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
+    chosen = epoch_rows(np.arange(len(self.source.labels)), self.batch_size,
+                        [self.seed, epoch])[index]
     return {"image": self.source.images[chosen], "label": self.source.labels[chosen]}
 
 

@@ -203,6 +203,19 @@ def test_tfds_missing_dataset(tmp_path):
   assert error.value.__suppress_context__  # no chained TFDS traceback
 
 
+def test_imagenet_missing_is_the_same_error_with_its_own_help(tmp_path):
+  # Evaluation training's streamed ImageNet opens TFDS through the same function.
+  from sdarts_jax.evaluation import defaults as eval_defaults, input_pipeline
+  cfg = eval_defaults.imagenet_config().data
+  cfg.tfds_data_dir = str(tmp_path)
+  with pytest.raises(data.DataError) as error:
+    input_pipeline.make_input(cfg, 0, None)
+  message = str(error.value)
+  assert "'imagenet2012' (config.data.name) has no prepared 'train' split" in message
+  assert "ILSVRC2012_img_train.tar" in message and f"--data_dir={tmp_path}" in message
+  assert "--config.data.folder" not in message and error.value.__suppress_context__
+
+
 # ---------------------------------------------------------------- synthetic data
 
 def test_synthetic_is_deterministic_and_learnable():

@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import PIL.Image
-import tensorflow_datasets as tfds
 
 from sdarts_jax import data, parallel
 from sdarts_jax.evaluation import defaults
@@ -86,17 +85,9 @@ def imagenet_prepare_help(data_dir: str) -> str:
 
 
 def _records(cfg, split: str):
-  """The TFDS array_record data source of imagenet2012 `split`, or a DataError."""
-  try:
-    return tfds.data_source(cfg.name, split=split, data_dir=cfg.tfds_data_dir or None,
-                            download=False, builder_kwargs={"file_format": "array_record"})
-  except (KeyError, NotImplementedError, ValueError, OSError) as e:
-    reason = str(e.args[0] if e.args else type(e).__name__).strip().splitlines()[0]
-    raise data.DataError(
-        f"config.data.name is {cfg.name!r} but its {split!r} split is not prepared in "
-        f"{cfg.tfds_data_dir or 'TFDS default data dir'} (config.data.tfds_data_dir) "
-        f"(TFDS says: \"{reason.rstrip('.')}\"). {imagenet_prepare_help(cfg.tfds_data_dir)}"
-    ) from None
+  """The TFDS array_record data source of imagenet2012 `split` (`data.open_tfds`)."""
+  return data.open_tfds(cfg.name, split, cfg.tfds_data_dir,
+                        imagenet_prepare_help(cfg.tfds_data_dir))
 
 
 class StreamedInput:
@@ -142,9 +133,8 @@ class StreamedInput:
             for k, v in batch.items()}
 
   def train_epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
-    b = self.cfg.batch_size
-    order = np.random.default_rng([self.seed, epoch]).permutation(self.num_train)
-    rows = order[:self.steps_per_epoch * b].reshape(self.steps_per_epoch, b)[start:]
+    rows = data.epoch_rows(np.arange(self.num_train), self.cfg.batch_size,
+                           [self.seed, epoch])[start:]
     load = functools.partial(_train_example, self.train_records, self.cfg.image_size,
                              self.cfg.min_area, self.seed, epoch)
     for batch in self._stream(self._local(rows), load):
