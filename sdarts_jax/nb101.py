@@ -622,9 +622,8 @@ class NB101Table:
     the first of `index_paths` that can be written. ValueError naming the file (and byte
     offset) when it is missing or cannot be read.
 
-    The scan decodes about 15,000 records a second on one core here (measured on 30,000
-    written records), so nasbench_only108.tfrecord's 1.27 million take about 1.5 minutes
-    once; loading the index takes well under a second."""
+    The scan of nasbench_only108.tfrecord's 1.27 million records takes minutes, once
+    (README, "The NAS-Bench-101 table"); loading the index is fast."""
     if not os.path.isfile(path):
       raise ValueError(f"{path}: no such file (expected NAS-Bench-101's "
                        f"nasbench_only108.tfrecord)")

@@ -6,7 +6,7 @@ A space's cells are those NAS-Bench-1Shot1 evaluates (the reference's
 choice of parents per node and for the output, pruned to the vertices on an input ->
 output path, with every op at each remaining node. They are enumerated per distinct pruned
 graph, then hashed (`nb101.spec_hash`): 2,685 distinct cells in ss1, 7,773 in ss2 and
-55,854 in ss3. Hashing ss3 takes about 1.5 minutes, so the hashes are cached
+55,854 in ss3. Hashing ss3 takes minutes (README), so the hashes are cached
 (`space_hashes`).
 
 The test regret is the reference's (NAS-Bench-1Shot1's experiments/analysis

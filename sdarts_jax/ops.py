@@ -13,8 +13,9 @@ Tensors are NHWC. An op for E edges maps x [N, H, W, C] to [N, H', W', E, C_out]
 Depthwise-separable convolutions have three implementations (`IMPLS`) with equal results:
   * "fused" (XLA:CPU): at few channels, the depthwise kernel [k, k, C] and the pointwise
     kernel [C, D] are multiplied into one dense kernel [k, k, C, D] and applied as a single
-    dense convolution, 3-10x faster there than a grouped (depthwise) convolution, whose
-    backward pass is very slow on XLA:CPU (see benchmarks/ops_depthwise.py); at more
+    dense convolution, faster there than a grouped (depthwise) convolution, whose
+    backward pass is very slow on XLA:CPU (benchmarks/ops_depthwise.py; the figures are in
+    the README's design section); at more
     channels (`_shifted_is_faster`), where the dense kernel's k^2 D / (k^2 + D) times the
     multiply-adds dominate, the depthwise convolution runs as k*k shifted multiply-adds and
     the pointwise one as a matrix product. Both backward passes are written out (`conv`,
@@ -97,7 +98,7 @@ def _dense_conv_bwd(stride, dilation, residuals, g):
 
   JAX's transpose rules give XLA convolutions with swapped kernel or batch dimensions,
   which XLA:CPU rewrites into fast library calls outside loops but not inside a while
-  loop, where they ran 3-30x slower (measured); the step evaluates the supernet inside a
+  loop, where they ran several times slower (README, design section); the step evaluates the supernet inside a
   `lax.scan`, so the gradients are written out:
     dx = g, dilated by the stride, convolved with the flipped kernel [k, k, O, C];
     dK[i, j] = x_ij^T g, one matrix multiply per kernel tap (i, j), where x_ij [N*Ho*Wo, C]
@@ -200,7 +201,7 @@ def _shifted_is_faster(channels: int, stride: int) -> bool:
   The dense kernel does k^2 D / (k^2 + D) times the multiply-adds but runs in XLA:CPU's
   convolution library; the shifted form wins from 32 channels on, and from 16 with stride 2
   (measured inside a `lax.scan`, forward and backward at each `need`, by
-  benchmarks/ops_depthwise.py on a 2-core Zen 3).
+  benchmarks/ops_depthwise.py; the figures and the machine are in the README).
   """
   return channels >= 32 or (channels >= 16 and stride == 2)
 
