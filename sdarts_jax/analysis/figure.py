@@ -63,6 +63,33 @@ def run_searches(configs: dict, parent: str, command: str) -> dict[str, str]:
   return workdirs
 
 
+def searches(f, config_for, command: str) -> dict[str, str]:
+  """method -> workdir for the methods of --methods: `run_searches` of config_for(method, f)
+  with --run, else the workdirs already under --workdir (a method without one is left out
+  with a warning; ValueError when none is there)."""
+  from sdarts_jax import metrics
+  methods = f.methods.split(",")
+  if f.run:
+    return run_searches({m: config_for(m, f) for m in methods}, f.workdir, command)
+  workdirs = {m: os.path.join(f.workdir, m) for m in methods}
+  for m in [m for m, w in workdirs.items() if not os.path.exists(os.path.join(w, "config.json"))]:
+    metrics.warn(f"{workdirs.pop(m)} is not a search workdir (yet): {m} left out")
+  if not workdirs:
+    raise ValueError(f"no search workdirs in {f.workdir} (--norun reads existing ones)")
+  return workdirs
+
+
+def describe(workdir: str, model: str) -> str:
+  """The size of a run, from its config.json, for a figure's title; model: the part naming
+  the model's size (config.model's fields may be named in braces, e.g. "{layers} cells")."""
+  from sdarts_jax import metrics
+  c = metrics.read_json(os.path.join(workdir, "config.json"))
+  images = c["data"]["max_examples"] or "all"
+  return (f"C={c['model']['channels']}, {model.format(**c['model'])}, batch "
+          f"{c['data']['batch_size']}, {images} training images, {c['epochs']} epochs, "
+          f"seed {c['seed']}")
+
+
 def config_for(method: str):
   from sdarts_jax import defaults
   f = flags.FLAGS

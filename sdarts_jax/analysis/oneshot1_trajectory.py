@@ -124,15 +124,6 @@ def config_for(method: str, f):
   return c
 
 
-def describe(workdir: str) -> str:
-  """The size of a run, from its config.json, for the figure's title."""
-  c = metrics.read_json(os.path.join(workdir, "config.json"))
-  images = c["data"]["max_examples"] or "all"
-  return (f"{c['space']}, C={c['model']['channels']}, {c['model']['layers']} cells, "
-          f"batch {c['data']['batch_size']}, {images} training images, {c['epochs']} epochs, "
-          f"seed {c['seed']}")
-
-
 def main(argv):
   del argv
   from sdarts_jax import run
@@ -143,19 +134,12 @@ def main(argv):
 def _main(f) -> None:
   if f.space not in SPACES:
     raise ValueError(f"--space={f.space}; use one of {', '.join(SPACES)}")
-  methods = f.methods.split(",")
-  if f.run:
-    workdirs = figure.run_searches({m: config_for(m, f) for m in methods}, f.workdir,
-                                   "sdarts_jax.analysis.oneshot1_trajectory")
-  else:
-    workdirs = {m: os.path.join(f.workdir, m) for m in methods}
-    for m in [m for m, w in workdirs.items() if not os.path.exists(os.path.join(w, "config.json"))]:
-      metrics.warn(f"{workdirs.pop(m)} is not a search workdir (yet): {m} left out")
-    if not workdirs:
-      raise ValueError(f"no search workdirs in {f.workdir} (--norun reads existing ones)")
+  workdirs = figure.searches(f, config_for, "sdarts_jax.analysis.oneshot1_trajectory")
   runs = collect(workdirs)
   os.makedirs(os.path.dirname(os.path.abspath(f.out)), exist_ok=True)
-  title = f"NAS-Bench-1Shot1 search: {describe(next(iter(workdirs.values())))}"
+  first = next(iter(workdirs.values()))
+  space = metrics.read_json(os.path.join(first, "config.json"))["space"]
+  title = f"NAS-Bench-1Shot1 search, {space}: {figure.describe(first, '{layers} cells')}"
   plot(runs, f.out, title)
   json_path = os.path.splitext(f.out)[0] + ".json"
   metrics.write_json(json_path, {"title": title, "runs": runs})

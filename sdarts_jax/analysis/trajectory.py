@@ -169,15 +169,6 @@ def config_for(method: str, f):
   return c
 
 
-def describe(workdir: str) -> str:
-  """The size of a run, from its config.json, for the figure's title."""
-  c = metrics.read_json(os.path.join(workdir, "config.json"))
-  images = c["data"]["max_examples"] or "all"
-  return (f"C={c['model']['channels']}, {c['model']['cells_per_stage']} cell(s) per stage, "
-          f"batch {c['data']['batch_size']}, {images} training images, {c['epochs']} epochs, "
-          f"seed {c['seed']}")
-
-
 def main(argv):
   del argv
   from sdarts_jax import run
@@ -192,21 +183,12 @@ def _main(f) -> None:
   if f.dataset not in DATASET_NAMES:
     raise ValueError(f"--dataset={f.dataset}; use one of {', '.join(DATASET_NAMES)}")
   table = nb201.Table.load(os.path.expanduser(f.table))
-  methods = f.methods.split(",")
-  if f.run:
-    workdirs = figure.run_searches({m: config_for(m, f) for m in methods}, f.workdir,
-                                   "sdarts_jax.analysis.trajectory")
-  else:
-    workdirs = {m: os.path.join(f.workdir, m) for m in methods}
-    for m in [m for m, w in workdirs.items() if not os.path.exists(os.path.join(w, "config.json"))]:
-      metrics.warn(f"{workdirs.pop(m)} is not a search workdir (yet): {m} left out")
-    if not workdirs:
-      raise ValueError(f"no search workdirs in {f.workdir} (--norun reads existing ones)")
+  workdirs = figure.searches(f, config_for, "sdarts_jax.analysis.trajectory")
   runs = collect(workdirs, table)
   refs = references(table, f.dataset)
   os.makedirs(os.path.dirname(os.path.abspath(f.out)), exist_ok=True)
-  title = (f"NAS-Bench-201 search on {DATASET_NAMES[f.dataset]}: "
-           f"{describe(next(iter(workdirs.values())))}")
+  size = figure.describe(next(iter(workdirs.values())), "{cells_per_stage} cell(s) per stage")
+  title = f"NAS-Bench-201 search on {DATASET_NAMES[f.dataset]}: {size}"
   plot(runs, f.dataset, refs, f.out, title)
   json_path = os.path.splitext(f.out)[0] + ".json"
   metrics.write_json(json_path, {"dataset": f.dataset, "title": title, "references": refs,
