@@ -113,6 +113,8 @@ def search_config(method: str) -> ml_collections.ConfigDict:
   ))
   c.hessian = hessian_config()
   c.eval_every_epochs = 1    # accuracy on the whole alpha half, BN in inference mode
+  c.eval_bn = "running"      # its BN statistics: running | clean_batch (re-estimated by one
+                             # train-mode pass with clean alpha on the first alpha batch)
   c.log_every_steps = 20
   c.checkpoint_every_epochs = 1
   c.checkpoints_to_keep = 2  # 0 keeps every epoch's (for analyses over checkpoints)
@@ -210,8 +212,9 @@ def oneshot1_search_config(method: str, space: str = "1shot1_ss1") -> ml_collect
   """SDARTS search in a NAS-Bench-1Shot1 space with the official settings (SmoothDARTS
   optimizers/darts/train_search.py, run as its README runs it, i.e. with the script's
   defaults): search space 1, 100 epochs, batch 96, C=16, 9 cells, lambda_max every epoch
-  (Lanczos over all of alpha's dimensions), and the optimisers, eps ramp, data split and seed of `search_config`, which that script
-  shares."""
+  (Lanczos over all of alpha's dimensions), the one-shot model evaluated with a clean
+  batch's BN statistics, and the optimisers, eps ramp, data split and seed of
+  `search_config`, which that script shares."""
   c = search_config(method)
   c.space = space            # 1shot1_ss1 | 1shot1_ss2 | 1shot1_ss3
   c.epochs = 100
@@ -224,6 +227,11 @@ def oneshot1_search_config(method: str, space: str = "1shot1_ss1") -> ml_collect
       impl="auto",           # convolutions: auto | fused | grouped (see sdarts_jax.ops)
   ))
   c.hessian.every_epochs = 1  # the reference computes the Hessian's eigenvalues every epoch
+  # The reference's infer follows its Hessian pass, which runs the model in train mode with
+  # clean alpha on a validation batch: with BN momentum 0.997 the one-shot model is then
+  # evaluated with that batch's statistics, not with those of the last (for SDARTS,
+  # perturbed) training step.
+  c.eval_bn = "clean_batch"
   c.hessian.lanczos_iters = 35  # >= alpha's size (24, 26, 35): exact, as its dense Hessian
   c.nasbench101 = ml_collections.ConfigDict(dict(
       file="",               # nasbench_only108.tfrecord: score the derived cell every epoch

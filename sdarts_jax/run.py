@@ -19,7 +19,7 @@ from sdarts_jax import checkpoint, metrics
 # Config fields (dotted paths) that may change when a run resumes; any other difference
 # is an error.
 RESUMABLE_FIELDS = ("log_every_steps", "compilation_cache", "checkpoints_to_keep",
-                    "eval_every_epochs", "checkpoint_every_epochs", "data.workers",
+                    "eval_every_epochs", "eval_bn", "checkpoint_every_epochs", "data.workers",
                     "data.threads")
 # Fields added to the config after runs were already being made, with the value that a
 # saved config.json without them means (the behaviour before the field existed): a run

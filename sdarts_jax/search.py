@@ -64,6 +64,8 @@ def check_config(config) -> None:
   if config.model.impl not in ("auto",) + ops.IMPLS:
     raise ValueError(f"config.model.impl={config.model.impl!r}; use auto or one of "
                      f"{', '.join(ops.IMPLS)}")
+  if config.eval_bn not in EVAL_BN:
+    raise ValueError(f"config.eval_bn={config.eval_bn!r}; use one of {', '.join(EVAL_BN)}")
 
 
 # ---------------------------------------------------------------- data, model and state
@@ -129,6 +131,24 @@ def make_train_step(model, config, steps_per_epoch: int, source: data.Source):
   return train_step
 
 
+# The BatchNorm statistics of the epoch's evaluation on the alpha half (config.eval_bn).
+EVAL_BN = ("running", "clean_batch")
+
+
+def make_bn_estimate(model, source: data.Source, seed: int):
+  """estimate(params, batch_stats, A, images) -> batch_stats after one train-mode pass on
+  images [B, H, W, 3] uint8 (unaugmented): with the 1Shot1 spaces' BN momentum (0.003 in
+  Flax's convention) that batch's statistics, as the reference's Hessian pass leaves them
+  for its evaluation."""
+  def estimate(params, batch_stats, A, images):
+    x = data.preprocess(None, images, source.mean, source.std, augment=False)
+    _, new = model.apply({"params": params, "batch_stats": batch_stats}, x, A, True,
+                         mutable=["batch_stats"], rngs={"noise": jax.random.PRNGKey(seed)})
+    return new["batch_stats"]
+
+  return estimate
+
+
 def make_infer(model, source: data.Source, seed: int):
   """infer(params, batch_stats, A, batch) -> (loss sum, correct count) over the valid rows
   of an evaluation batch (`data.eval_batches`), BatchNorm in inference mode."""
@@ -183,6 +203,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   infer = jax.jit(make_infer(model, source, config.seed),
                   in_shardings=(replicated, replicated, replicated, sharded),
                   out_shardings=replicated)
+  estimate_bn = None
+  if config.eval_bn == "clean_batch":
+    estimate_bn = jax.jit(make_bn_estimate(model, source, config.seed),
+                          in_shardings=(replicated, replicated, replicated, sharded),
+                          out_shardings=replicated)
   tracker = HessianTracker(config, model, eval_source, mesh)
 
   # Checkpoint.
@@ -203,7 +228,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
             f"{model.num_cells} cells, C={config.model.channels}, batch "
             f"{config.data.batch_size}, {mesh.devices.size} device(s); compiling the step...")
 
-  report = EpochReport(config, model, eval_source, infer, sharded, writer, workdir, table)
+  report = EpochReport(config, model, eval_source, infer, sharded, writer, workdir, table,
+                       estimate_bn)
 
   def end_of_epoch(state, epoch, means, seconds, done):
     record = report(state, epoch, done, means, seconds)
@@ -238,9 +264,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
 @dataclasses.dataclass
 class EpochReport:
   """The search's end of an epoch: the epoch's means, the accuracy on the alpha half
-  (`infer`), the genotype and A, logged and written (metrics, TensorBoard, genotypes/); with
-  a benchmark `table`, the cell's scores (`nb201.Table.query`: accuracies and ranks;
-  `oneshot1.Benchmark.query`: accuracies and test regret)."""
+  (`infer`, with the BN statistics of config.eval_bn), the genotype and A, logged and
+  written (metrics, TensorBoard, genotypes/); with a benchmark `table`, the cell's scores
+  (`nb201.Table.query`: accuracies and ranks; `oneshot1.Benchmark.query`: accuracies and
+  test regret)."""
   config: object
   model: object  # the supernet (`build_model`)
   eval_source: data.Source
@@ -249,6 +276,7 @@ class EpochReport:
   writer: metrics.MetricWriter
   workdir: str
   table: object = None
+  estimate_bn: object = None  # config.eval_bn == "clean_batch": `make_bn_estimate`, jitted
 
   def __call__(self, state, epoch: int, done: int, means: dict, seconds: float) -> dict:
     """The epoch's record (epoch counts from 0; done: steps done)."""
@@ -260,10 +288,14 @@ class EpochReport:
       record.update(cutout_prob=data.cutout_prob_at(config.data.cutout_prob, epoch, config.epochs))
     if config.eval_every_epochs and (epoch + 1) % config.eval_every_epochs == 0:
       loss, correct = 0.0, 0
-      for batch in data.eval_batches(eval_source, config.data.batch_size):
-        l, c = self.infer(state["params"], state["batch_stats"],
-                          step.mixing_weights(state["alpha"]),
-                          data.to_global(batch, self.sharded))
+      A_dev, stats = step.mixing_weights(state["alpha"]), state["batch_stats"]
+      batches = data.eval_batches(eval_source, config.data.batch_size)
+      if self.estimate_bn is not None:  # the first batch's statistics, with clean A
+        first = data.to_global(next(batches), self.sharded)["image"]
+        stats = self.estimate_bn(state["params"], stats, A_dev, first)
+        batches = data.eval_batches(eval_source, config.data.batch_size)
+      for batch in batches:
+        l, c = self.infer(state["params"], stats, A_dev, data.to_global(batch, self.sharded))
         loss, correct = loss + float(l), correct + int(c)
       record.update(eval_loss=loss / len(eval_source.labels),
                     eval_accuracy=correct / len(eval_source.labels))

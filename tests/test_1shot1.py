@@ -14,8 +14,8 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from conftest import final_state, override, sigterm_after
-from sdarts_jax import (defaults, genotype, hessian, metrics, nb101, oneshot1, run, search,
-                        spaces, step, supernet)
+from sdarts_jax import (defaults, genotype, hessian, metrics, nb101, oneshot1, parallel, run,
+                        search, spaces, step, supernet)
 
 KEY = jax.random.PRNGKey(0)
 CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "1shot1_search.py"
@@ -233,6 +233,45 @@ def test_search_resumes_writes_the_cell_queries_the_table_and_tracks_lambda_max(
   _, state = final_state(workdir)
   assert saved == genotype.derive(step.mixing_weights(state["alpha"]), spaces.get_space(
       "1shot1_ss1"))
+
+
+def test_clean_batch_evaluation_uses_a_clean_train_mode_pass(tmp_path):
+  """config.eval_bn=clean_batch (the 1Shot1 default, as the reference's infer after its
+  Hessian pass): the one-shot model is evaluated with the running statistics after one
+  train-mode pass with clean A on the first alpha batch, which with BN momentum 0.997 are
+  nearly that batch's (but for the head's BatchNorm, whose momentum is PyTorch's 0.1);
+  "running" evaluates with the state's statistics as they are."""
+  config = _tiny_search("darts", eval_every_epochs=1)
+  assert config.eval_bn == "clean_batch"
+  source, _, alpha = search.search_data(config)
+  assert len(alpha.labels) == config.data.batch_size  # the alpha half is one batch
+  model = search.build_model(config, source.num_classes)
+  state = jax.jit(lambda: search.init_state(model, config, source.images.shape[1:], 1))()
+  # Weights 8x their initial scale, so that the logits (near zero at initialisation) depend
+  # on the statistics.
+  state["params"] = jax.tree.map(lambda p: 8.0 * p, state["params"])
+  # Other statistics in every BatchNorm of momentum 0.997 (all but the head's "post_bn",
+  # which keeps PyTorch's 0.1 there as in the reference).
+  garbage = jax.tree_util.tree_map_with_path(
+      lambda path, v: v if "post_bn" in jax.tree_util.keystr(path) else 4.0 * v + 2.0,
+      state["batch_stats"])
+  sharded = parallel.batch_sharded(parallel.make_mesh())
+  infer = jax.jit(search.make_infer(model, source, config.seed))
+  estimate = jax.jit(search.make_bn_estimate(model, source, config.seed))
+
+  def eval_loss(estimate_bn, stats):
+    workdir = str(tmp_path / f"w{len(os.listdir(tmp_path))}")
+    os.makedirs(workdir)
+    report = search.EpochReport(config, model, alpha, infer, sharded,
+                                metrics.MetricWriter(workdir), workdir, None, estimate_bn)
+    return report(dict(state, batch_stats=stats), 0, 1, {}, 0.0)["eval_loss"]
+
+  clean, clean_garbage = eval_loss(estimate, state["batch_stats"]), eval_loss(estimate, garbage)
+  running, running_garbage = eval_loss(None, state["batch_stats"]), eval_loss(None, garbage)
+  # The state's statistics decide "running" (here by orders of magnitude), not "clean_batch"
+  # (the 0.3 % of them that the train-mode pass keeps, and the head's, move it by < 1 %).
+  assert abs(running_garbage - running) > 10 * clean, (running, running_garbage, clean)
+  assert abs(clean_garbage - clean) < 0.01 * clean, (clean, clean_garbage)
 
 
 def test_table_errors_come_before_compilation(tmp_path, table):
