@@ -62,13 +62,14 @@ def collect(workdirs: dict[str, str]) -> dict[str, dict]:
           for method, w in workdirs.items()}
 
 
-def plot(runs: dict[str, dict], out: str, title: str = "") -> None:
-  """lambda_max and the one-shot validation error; the test regret when scored."""
+def plot(runs: dict[str, dict], out: str, title: str = "", eval_bn: str = "running") -> None:
+  """lambda_max and the one-shot validation error (eval_bn: the runs' config.eval_bn, named
+  in its label); the test regret when scored."""
   content = [(trajectory.series(runs, "lambda_max"),
               "dominant eigenvalue of the Hessian of L_val (alpha)", {}),
              ({label: [(e, v) for e, v in points if v is not None] for label, points
                in trajectory.series(runs, "validation_error").items()},
-              "one-shot validation error (%)", {})]
+              f"one-shot validation error (%), BN: {eval_bn}", {})]
   regret = trajectory.series(runs, "nb101_test_regret")
   if any(regret.values()):
     content.append((regret, "NAS-Bench-101 test regret of the derived cell (%)", {}))
@@ -138,9 +139,10 @@ def _main(f) -> None:
   runs = collect(workdirs)
   os.makedirs(os.path.dirname(os.path.abspath(f.out)), exist_ok=True)
   first = next(iter(workdirs.values()))
-  space = metrics.read_json(os.path.join(first, "config.json"))["space"]
-  title = f"NAS-Bench-1Shot1 search, {space}: {figure.describe(first, '{layers} cells')}"
-  plot(runs, f.out, title)
+  saved = metrics.read_json(os.path.join(first, "config.json"))
+  title = f"NAS-Bench-1Shot1 search, {saved['space']}: {figure.describe(first, '{layers} cells')}"
+  # Runs made before config.eval_bn existed evaluated with the running statistics.
+  plot(runs, f.out, title, saved.get("eval_bn", "running"))
   json_path = os.path.splitext(f.out)[0] + ".json"
   metrics.write_json(json_path, {"title": title, "runs": runs})
   print(tables(runs))
