@@ -1,8 +1,9 @@
-"""The search loop (SPEC sections 1-4): epochs, schedules, metrics, genotype, checkpoints.
+"""The search (SPEC sections 1-4): epochs, schedules, metrics, genotype, checkpoints.
 
 `train_and_evaluate(config, workdir)` runs a whole search and is what `main.py` calls.
 It reads top to bottom: checks, mesh, data, model and state, compiled functions,
-checkpoint, loop. The step itself lives in `sdarts_jax.step`.
+checkpoint, then the loop that evaluation training shares (`sdarts_jax.loop`) with the
+search's end of an epoch (`EpochReport`). The step itself lives in `sdarts_jax.step`.
 """
 from __future__ import annotations
 
