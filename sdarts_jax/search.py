@@ -8,6 +8,7 @@ search's end of an epoch (`EpochReport`). The step itself lives in `sdarts_jax.s
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import time
@@ -282,21 +283,22 @@ class EpochReport:
   def __call__(self, state, epoch: int, done: int, means: dict, seconds: float) -> dict:
     """The epoch's record (epoch counts from 0; done: steps done)."""
     config, writer, workdir, eval_source = self.config, self.writer, self.workdir, self.eval_source
-    A = jax.device_get(step.mixing_weights(state["alpha"]))
+    A_dev = step.mixing_weights(state["alpha"])
+    A = jax.device_get(A_dev)
     geno = genotype.derive(A, self.model.space)
     record = dict(means, epoch=epoch + 1, seconds=seconds)
     if config.data.cutout:
       record.update(cutout_prob=data.cutout_prob_at(config.data.cutout_prob, epoch, config.epochs))
     if config.eval_every_epochs and (epoch + 1) % config.eval_every_epochs == 0:
       loss, correct = 0.0, 0
-      A_dev, stats = step.mixing_weights(state["alpha"]), state["batch_stats"]
-      batches = data.eval_batches(eval_source, config.data.batch_size)
+      stats = state["batch_stats"]
+      placed = (data.to_global(b, self.sharded)
+                for b in data.eval_batches(eval_source, config.data.batch_size))
+      first = next(placed)
       if self.estimate_bn is not None:  # the first batch's statistics, with clean A
-        first = data.to_global(next(batches), self.sharded)["image"]
-        stats = self.estimate_bn(state["params"], stats, A_dev, first)
-        batches = data.eval_batches(eval_source, config.data.batch_size)
-      for batch in batches:
-        l, c = self.infer(state["params"], stats, A_dev, data.to_global(batch, self.sharded))
+        stats = self.estimate_bn(state["params"], stats, A_dev, first["image"])
+      for batch in itertools.chain([first], placed):
+        l, c = self.infer(state["params"], stats, A_dev, batch)
         loss, correct = loss + float(l), correct + int(c)
       record.update(eval_loss=loss / len(eval_source.labels),
                     eval_accuracy=correct / len(eval_source.labels))
