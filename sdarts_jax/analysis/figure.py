@@ -34,6 +34,21 @@ def define_size_flags(workdir: str, out: str, epochs: int, channels: int, batch:
                        "Validation batches averaged in each Hessian.")
 
 
+def define_trajectory_flags() -> None:
+  """The flags the trajectory figures add to `define_size_flags`'s: --hessian_every (read
+  by their configs) and --run (read by `searches`)."""
+  flags.DEFINE_integer("hessian_every", 2, "Track lambda_max every this many epochs (0: off).")
+  flags.DEFINE_boolean("run", True, "Run (or resume) the searches; --norun only reads them.")
+
+
+def write_json_beside(out: str, payload: dict) -> str:
+  """payload as JSON beside the figure `out` (the same name, .json); returns its path."""
+  from sdarts_jax import metrics
+  path = os.path.splitext(out)[0] + ".json"
+  metrics.write_json(path, payload)
+  return path
+
+
 def sized(c, f):
   """Search config `c` with the sizes of `define_size_flags`'s flags `f` (data, epochs,
   channels, batch, images, Hessian batches); returns c."""

@@ -143,8 +143,7 @@ def _main(f) -> None:
   title = f"NAS-Bench-1Shot1 search, {saved['space']}: {figure.describe(first, '{layers} cells')}"
   # Runs made before config.eval_bn existed evaluated with the running statistics.
   plot(runs, f.out, title, saved.get("eval_bn", "running"))
-  json_path = os.path.splitext(f.out)[0] + ".json"
-  metrics.write_json(json_path, {"title": title, "runs": runs})
+  json_path = figure.write_json_beside(f.out, {"title": title, "runs": runs})
   print(tables(runs))
   print(f"\nwrote {f.out} and {json_path}")
 
@@ -154,10 +153,9 @@ def define_flags() -> None:
                            epochs=24, channels=8, batch=32, examples=1024, hessian_batches=1)
   flags.DEFINE_string("space", "ss3", "NAS-Bench-1Shot1 search space: " + ", ".join(SPACES))
   flags.DEFINE_integer("layers", 3, "Cells (3 stacks; the reference: 9).")
-  flags.DEFINE_integer("hessian_every", 2, "Track lambda_max every this many epochs (0: off).")
   flags.DEFINE_string("nasbench101", "", "nasbench_only108.tfrecord: score the derived cell "
                       "(test regret) every epoch.")
-  flags.DEFINE_boolean("run", True, "Run (or resume) the searches; --norun only reads them.")
+  figure.define_trajectory_flags()
 
 
 if __name__ == "__main__":

@@ -190,9 +190,8 @@ def _main(f) -> None:
   size = figure.describe(next(iter(workdirs.values())), "{cells_per_stage} cell(s) per stage")
   title = f"NAS-Bench-201 search on {DATASET_NAMES[f.dataset]}: {size}"
   plot(runs, f.dataset, refs, f.out, title)
-  json_path = os.path.splitext(f.out)[0] + ".json"
-  metrics.write_json(json_path, {"dataset": f.dataset, "title": title, "references": refs,
-                                 "runs": runs})
+  json_path = figure.write_json_beside(f.out, {"dataset": f.dataset, "title": title,
+                                              "references": refs, "runs": runs})
   print(tables(runs, f.dataset))
   print(f"\nwrote {f.out} and {json_path}")
 
@@ -205,8 +204,7 @@ def define_flags() -> None:
                       "(e.g. ../shared/data/nb201/nats_bench.csv).")
   flags.DEFINE_string("dataset", "cifar10", "Dataset searched and plotted: "
                       + ", ".join(DATASET_NAMES) + " (imagenet16 needs --data).")
-  flags.DEFINE_integer("hessian_every", 2, "Track lambda_max every this many epochs (0: off).")
-  flags.DEFINE_boolean("run", True, "Run (or resume) the searches; --norun only reads them.")
+  figure.define_trajectory_flags()
 
 
 if __name__ == "__main__":
