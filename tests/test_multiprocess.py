@@ -127,34 +127,68 @@ def outputs(procs) -> list[str]:
   return [pathlib.Path(out).read_text() for _, out in procs]
 
 
-def test_two_processes_equal_one_and_resume(tmp_path):
-  # 2 processes x 2 devices: preempted after step 3 (mid-epoch 2), then resumed; while
-  # the first launch runs, the reference: one process, 4 devices (this one), uninterrupted.
+def preempt_and_resume(tmp_path, reference, **run) -> None:
+  """2 processes x 2 devices in tmp_path/two (`start` with `run`'s config), preempted after
+  step 3, then resumed; while the first launch runs, reference(tmp_path/"one") runs the
+  uninterrupted 1-process reference here (4 devices). Checks that both launches end as
+  they should and that only process 0 logs."""
   work = tmp_path / "two"
   work.mkdir()
-  procs = start(work, 2, 2, stop_after=3)
-  config = tiny_config("darts", **{k: v for k, v in OVERRIDES.items() if k != "method"})
+  procs = start(work, 2, 2, stop_after=3, **run)
   try:
-    search.train_and_evaluate(config, str(tmp_path / "one"))
+    reference(str(tmp_path / "one"))
   finally:
     codes = finish(procs)
   assert codes == [143, 143], outputs(procs)
   assert "saved step 3" in outputs(procs)[0]
-  procs = start(work, 2, 2)
+  procs = start(work, 2, 2, **run)
   assert finish(procs) == [0, 0], outputs(procs)
   text = outputs(procs)
   assert "resumed from step 3" in text[0] and "resumed from step 3" not in text[1]
   assert "epoch 2/2" in text[0] and "epoch 2/2" not in text[1]
 
+
+def check_written_once(tmp_path) -> list[tuple[dict, dict]]:
+  """The 2-process run in tmp_path/two wrote what the 1-process run in tmp_path/one wrote:
+  the same config.json, the same records (kind and step; floats but seconds within 1e-4,
+  the resumed epoch's means included: the preempted run saved its partial sums), one
+  TensorBoard file per launch (only process 0 writes). Returns the record pairs."""
+  saved = [json.loads((tmp_path / d / "config.json").read_text()) for d in ("one", "two")]
+  assert saved[0] == saved[1]
+  def records(d):
+    return [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+  two, one = records(tmp_path / "two"), records(tmp_path / "one")
+  assert [(r["kind"], r["step"]) for r in two] == [(r["kind"], r["step"]) for r in one]
+  for r2, r1 in zip(two, one):
+    for k, v in r1.items():
+      if isinstance(v, float) and k != "seconds":
+        assert abs(r2[k] - v) <= 1e-4 * max(1.0, abs(v)), (k, r2[k], v)
+  assert len(list((tmp_path / "two" / "tensorboard").glob("events.out.tfevents.*"))) == 2
+  return list(zip(two, one))
+
+
+def rows_placed(tmp_path) -> list[int]:
+  """How many image batches each process placed in the 2-process run, after checking that
+  each placed only its own rows of every batch (process p: rows [4p, 4p + 4) of the 8, 2
+  per device)."""
+  rows = [tuple(map(int, line.split()))
+          for line in (tmp_path / "rows_two.txt").read_text().splitlines()]
+  # (process, which half of the batch, rows per device)
+  assert {(p, lo // 4, hi - lo) for p, lo, hi in rows} == {(0, 0, 2), (1, 1, 2)}
+  return [sum(1 for r in rows if r[0] == p) for p in (0, 1)]
+
+
+def test_two_processes_equal_one_and_resume(tmp_path):
+  # Preempted after step 3 (mid-epoch 2).
+  config = tiny_config("darts", **{k: v for k, v in OVERRIDES.items() if k != "method"})
+  preempt_and_resume(tmp_path, lambda workdir: search.train_and_evaluate(config, workdir))
   check_outputs(tmp_path, config)
 
 
 def check_outputs(tmp_path, config):
   """The 2-process run in tmp_path/two against the 1-process run in tmp_path/one."""
   work = tmp_path / "two"
-  # Same configuration, same result (alpha within 1e-5, the same genotypes).
-  saved = [json.loads((tmp_path / d / "config.json").read_text()) for d in ("one", "two")]
-  assert saved[0] == saved[1]
+  # Same result (alpha within 1e-5, the same genotypes).
   (s1, a), (s2, b) = final_state(tmp_path / "one", config), final_state(work, config)
   assert s1 == s2 == STEPS
   for cell in a["alpha"]:
@@ -168,36 +202,21 @@ def check_outputs(tmp_path, config):
   A = {t: np.asarray(v) for t, v in jax.device_get(step.mixing_weights(b["alpha"])).items()}
   assert genotype.derive(A, model.space) == genotype.load(str(work / "genotype.json"))
 
-  # Only process 0 writes: each record once, one TensorBoard file per launch, the
-  # metrics equal to the 1-process run's (the mixing weights A within 1e-5), the means of
-  # the resumed epoch 2 included (the preempted run saved its partial sums).
-  def records(d):
-    return [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
-  two, one = records(work), records(tmp_path / "one")
-  assert [(r["kind"], r["step"]) for r in two] == [(r["kind"], r["step"]) for r in one]
-  for r2, r1 in zip(two, one):
+  # Only process 0 writes, each record once; the records equal the 1-process run's, the
+  # mixing weights A within 1e-5.
+  for r2, r1 in check_written_once(tmp_path):
     assert r2.get("genotype") == r1.get("genotype")
     for cell in r1.get("A", {}):
       np.testing.assert_allclose(r2["A"][cell], r1["A"][cell], rtol=0, atol=1e-5)
-    for k, v in r1.items():
-      if isinstance(v, float) and k != "seconds":
-        assert abs(r2[k] - v) <= 1e-4 * max(1.0, abs(v)), (k, r2[k], v)
-  assert len(list((work / "tensorboard").glob("events.out.tfevents.*"))) == 2
   assert sorted(p.name for p in (work / "genotypes").iterdir()) == ["epoch_001.json",
                                                                     "epoch_002.json"]
   # Checkpoints written once: the newest two steps, each one folder, nothing half-written.
   assert sorted(p.name for p in (work / "checkpoints").iterdir()) == ["3", "4"]
 
-  # Each process placed only its own rows (process p: rows [4p, 4p + 4) of the 8), for
-  # every batch of every step (train and val images), in both launches.
-  rows = [tuple(map(int, line.split()))
-          for line in (tmp_path / "rows_two.txt").read_text().splitlines()]
-  # (process, which half of the batch, rows per device)
-  assert {(p, lo // 4, hi - lo) for p, lo, hi in rows} == {(0, 0, 2), (1, 1, 2)}
-  per_process = [sum(1 for r in rows if r[0] == p) for p in (0, 1)]
-  # 2 devices x 2 image batches (train, val) x 5 global batches: steps 1-4 in the first
+  # Each process placed only its own rows, for every batch of every step (train and val
+  # images), in both launches: 2 devices x 2 image batches (train, val) x 5 global batches: steps 1-4 in the first
   # launch (the next batch is placed while a step runs), step 4 again in the second.
-  assert per_process[0] == per_process[1] == 2 * 2 * 5
+  assert rows_placed(tmp_path) == [2 * 2 * 5] * 2
 
 
 def test_a_process_that_dies_ends_the_other(tmp_path):
