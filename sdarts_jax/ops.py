@@ -162,7 +162,7 @@ def separable(x: jax.Array, dw: jax.Array, pw: jax.Array, stride: int, dilation:
   """
   n_edges, k, _, c = dw.shape
   d = pw.shape[-1]
-  if impl == "fused" and _shifted_is_faster(c, stride):
+  if impl == "fused" and _shifted_is_faster(c):
     return _separable_shifted(x, dw, pw, jnp.asarray(need, jnp.int32), stride, dilation)
   if impl != "grouped":
     kernel = jnp.einsum("eijc,ecd->ijced", dw, pw).reshape(k, k, c, n_edges * d)
@@ -180,7 +180,7 @@ def separable_per_edge(x: jax.Array, dw: jax.Array, pw: jax.Array, impl: str,
 
   x: [N, H, W, E, C]; dw: [E, k, k, C]; pw: [E, C, D]. Returns [N, H, W, E, D].
   """
-  if impl == "fused" and _shifted_is_faster(x.shape[-1], 1):
+  if impl == "fused" and _shifted_is_faster(x.shape[-1]):
     return _separable_shifted(x, dw, pw, jnp.asarray(need, jnp.int32), 1, 1)
   if impl != "grouped":
     # One dense convolution per edge: a block-diagonal kernel over the edges would cost
@@ -194,16 +194,17 @@ def separable_per_edge(x: jax.Array, dw: jax.Array, pw: jax.Array, impl: str,
   return jnp.einsum("nhwec,ecd->nhwed", y.reshape(n, h, w, n_edges, c), pw)
 
 
-def _shifted_is_faster(channels: int, stride: int) -> bool:
+def _shifted_is_faster(channels: int) -> bool:
   """Whether the "fused" path computes a separable convolution of `channels` input channels
   as shifted multiply-adds (`_separable_shifted`) rather than as one dense convolution.
 
   The dense kernel does k^2 D / (k^2 + D) times the multiply-adds but runs in XLA:CPU's
-  convolution library; the shifted form wins from 32 channels on, and from 16 with stride 2
-  (measured inside a `lax.scan`, forward and backward at each `need`, by
+  convolution library; the shifted form wins from 16 channels on (1.3-2.5x at 16 channels,
+  32x32, batch 64) and loses at 8 when the kernel gradients are needed (0.6-0.8x), with
+  either stride (measured inside a `lax.scan`, forward and backward at each `need`, by
   benchmarks/ops_depthwise.py; the figures and the machine are in the README).
   """
-  return channels >= 32 or (channels >= 16 and stride == 2)
+  return channels >= 16
 
 
 def _depthwise(x: jax.Array, dw: jax.Array, stride: int, dilation: int, pad) -> jax.Array:

@@ -31,11 +31,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @functools.lru_cache(maxsize=None)
-def setup():
-  """(config, model, state, batches, preprocess) of a darts2 search; the state's momentum
+def setup(channels=8):
+  """(config, model, state, batches, preprocess) of a darts2 search (one reduction cell of
+  2 * channels channels); the state's momentum
   buffer is non-zero (as after some weight steps) so that the unrolled weights use it, and
   preprocess only normalises (the augmentation is not what these tests check)."""
-  config = tiny_config("darts2", **{"model.channels": 8})
+  config = tiny_config("darts2", **{"model.channels": channels})
   source = data.load(config.data, "train")
   batches = data.SearchBatches(source, 0.5, config.data.batch_size, config.seed)
   m = config.model
@@ -68,13 +69,13 @@ def unrolled_val_loss(model, params, stats, A, train, val, buf, lr, weights_cfg,
 # ---------------------------------------------------------------- float64
 
 @functools.lru_cache(maxsize=None)
-def first_step64() -> dict:
+def first_step64(channels=8) -> dict:
   """The first darts2 step's inputs and second-order quantities in float64 (numpy): its
   (normalised) batches, lr and state, v, grad_A L_val(w'), the exact H v, and `straight`, the
   gradient w.r.t. A by jax.grad through the virtual step; with the jitted `evaluate` (call
   it under jax.enable_x64). The test space has no noise op: the evaluations' keys do not
   matter."""
-  config, model, state, batches, preprocess = setup()
+  config, model, state, batches, preprocess = setup(channels)
   batch = batches.batch(0, 0)
   k_aug_t, k_aug_v, _, _ = jax.random.split(
       jax.random.fold_in(jax.random.PRNGKey(config.seed), state["step"]), 4)
@@ -102,14 +103,15 @@ def first_step64() -> dict:
   return dict(out, evaluate=evaluate)
 
 
-def test_exact_hypergradient_equals_grad_through_the_virtual_step():
+@pytest.mark.parametrize("channels, shifted", [(8, True), (4, False)])
+def test_exact_hypergradient_equals_grad_through_the_virtual_step(channels, shifted):
   """grad_A L_val(w') - lr H v, with H v by reverse over reverse (`make_mixed_evaluate`),
   equals jax.grad of L_val(w - lr (momentum buf + grad_w L_train + wd w), A) w.r.t. A, in
-  float64; the H v term is far from negligible. Edge 0's first convolution takes the
-  shifted path (`ops._shifted_is_faster`), its second the dense fused kernel."""
-  channels = 2 * setup()[0].model.channels  # in the reduction cell
-  assert ops._shifted_is_faster(channels, 2) and not ops._shifted_is_faster(channels, 1)
-  p = first_step64()
+  float64; the H v term is far from negligible. The separable convolutions take the
+  shifted path (`ops._shifted_is_faster`) at 8 channels (16 in the reduction cell), the
+  dense fused kernel at 4."""
+  assert ops._shifted_is_faster(2 * channels) == shifted
+  p = first_step64(channels)
   with jax.enable_x64(True):
     got = jax.device_get(unrolled.hypergradient(p["grad_A"], p["hvp"], p["lr"]))
   for name, want in p["straight"].items():
