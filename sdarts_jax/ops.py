@@ -18,7 +18,8 @@ Depthwise-separable convolutions have three implementations (`IMPLS`) with equal
     the README's design section); at more
     channels (`_shifted_is_faster`), where the dense kernel's k^2 D / (k^2 + D) times the
     multiply-adds dominate, the depthwise convolution runs as k*k shifted multiply-adds and
-    the pointwise one as a matrix product. Both backward passes are written out (`conv`,
+    the pointwise ones of all edges as one matrix product with a block-diagonal kernel
+    (`_pointwise`). Both backward passes are written out (`conv`,
     `_separable_shifted`): reverse mode needs that for speed inside loops and it computes
     only the gradients asked for (`need`), but forward mode cannot use it.
   * "fused_autodiff": the same forward pass with JAX's own derivative rules; it supports
@@ -314,7 +315,7 @@ def _block_diagonal(pw: jax.Array) -> jax.Array:
 # block-diagonal kernel over the (edge, channel) axes. As a matrix product batched over the
 # edges, XLA:CPU puts the edge axis first and transposes every input and output around it
 # (a third of the DARTS step at paper size); one plain product does E times the
-# multiply-adds and no transposes (-18 % per step at paper size: README, "Measured speed").
+# multiply-adds and no transposes (README, "Measured speed").
 
 def _pointwise(y: jax.Array, pw: jax.Array) -> jax.Array:
   """y [N, H, W, E, C], pw [E, C, D] -> [N, H, W, E, D]: each edge's y times its pw."""
