@@ -1,0 +1,78 @@
+"""XLA compile options A/B on the whole search step, in one process: the step compiled with
+each set of options, then stepped alternately (pairs), so that machine noise hits both.
+
+  python benchmarks/compile_options_ab.py --pairs=4 \
+      '{"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_ELTWISE"}'
+
+The default options always run first; each argument is one more variant (a JSON object of
+XLA debug options). Prints compile seconds, the largest state difference after one step,
+the median s/step of each and the per-pair speed-up over the default.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("variants", nargs="*", help="JSON objects of XLA options")
+  p.add_argument("--method", default="darts")
+  p.add_argument("--layers", type=int, default=5)
+  p.add_argument("--channels", type=int, default=8)
+  p.add_argument("--batch", type=int, default=32)
+  p.add_argument("--pairs", type=int, default=4)
+  args = p.parse_args()
+
+  import jax
+  import numpy as np
+
+  from sdarts_jax import data, defaults, search, step
+
+  config = defaults.search_config(args.method)
+  config.model.layers, config.model.channels = args.layers, args.channels
+  config.data.batch_size = args.batch
+  spe = 390
+  source = data.synthetic(16, 10, 32, 0)
+  model = search.build_model(config, 10)
+  state = jax.jit(lambda: search.init_state(model, config, (32, 32, 3), spe))()
+  preprocess = lambda key, images: data.preprocess(key, images, source.mean, source.std, True)
+  fn = jax.jit(step.make_step(model, config, spe, preprocess))
+  rng = np.random.default_rng(0)
+  n = args.batch
+  batch = {"train_image": rng.integers(0, 256, (n, 32, 32, 3), np.uint8),
+           "train_label": rng.integers(0, 10, (n,), np.int32),
+           "val_image": rng.integers(0, 256, (n, 32, 32, 3), np.uint8),
+           "val_label": rng.integers(0, 10, (n,), np.int32)}
+  variants = [{}] + [json.loads(v) for v in args.variants]
+  compiled = []
+  for options in variants:
+    t = time.time()
+    compiled.append(fn.lower(state, batch).compile(compiler_options=options or None))
+    print(f"{options or 'default'}: compiled in {time.time() - t:.1f} s", flush=True)
+  first = [jax.tree.leaves(c(state, batch)[0]) for c in compiled]
+  for options, leaves in zip(variants[1:], first[1:]):
+    diff = max(float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+               for a, b in zip(first[0], leaves) if np.asarray(a).dtype.kind == "f")
+    print(f"{options}: largest state difference after one step {diff:.2e}")
+  times = [[] for _ in variants]
+  for _ in range(args.pairs):
+    for i, c in enumerate(compiled):
+      t = time.time()
+      jax.block_until_ready(c(state, batch))
+      times[i].append(time.time() - t)
+  for options, ts in zip(variants, times):
+    print(f"{options or 'default'}: median {np.median(ts):.3f} s/step")
+  for options, ts in zip(variants[1:], times[1:]):
+    ratios = np.array(times[0]) / np.array(ts)
+    print(f"{options}: speed-up per pair {np.round(ratios, 2).tolist()}, "
+          f"median {np.median(ratios):.2f}")
+
+
+if __name__ == "__main__":
+  main()
