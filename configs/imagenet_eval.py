@@ -1,4 +1,4 @@
-"""Train a found cell from scratch on ImageNet, mobile setting (SPEC section 6): 14 cells,
+"""Train a found cell from scratch on ImageNet, mobile setting (docs/method.md, section 7): 14 cells,
 48 channels, 224 px, batch 1024, SGD lr 0.5 with a linear decay and 5 warm-up epochs (as
 the official sota/cnn/train_imagenet.py), weight decay 3e-5, 250 epochs, label smoothing 0.1, auxiliary weight 0.4,
 random-resized crop, flip, colour jitter.

@@ -1,4 +1,4 @@
-"""Train a found cell from scratch on SVHN (TFDS svhn_cropped; SPEC section 6): 20 cells,
+"""Train a found cell from scratch on SVHN (TFDS svhn_cropped; docs/method.md, section 7): 20 cells,
 36 channels, 600 epochs, batch 96, cutout 16, drop-path 0.2, auxiliary weight 0.4.
 
 Arguments (comma-separated): arch=NAME_OR_PATH (a published genotype such as c10_s5_pgd,

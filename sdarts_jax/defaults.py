@@ -1,4 +1,4 @@
-"""Default configurations: every number of SPEC.md lives here, once.
+"""Default configurations: every number of the method (docs/method.md) lives here, once.
 
 Config files in `configs/` call these and override; `get_config(arg)` there takes a
 comma-separated argument string such as "smoke", "space=s3" or "dataset=cifar100,smoke"
@@ -65,7 +65,7 @@ def method_and_order(name: str) -> tuple[str, int | None]:
 
 
 def search_config(method: str) -> ml_collections.ConfigDict:
-  """SDARTS search on CIFAR-10 in the DARTS space without `none` (SPEC sections 1-3).
+  """SDARTS search on CIFAR-10 in the DARTS space without `none` (docs/method.md, sections 1-4).
   method: darts, rs, adv, or darts2 (darts with config.alpha.order = 2)."""
   method, order = method_and_order(method)
   c = ml_collections.ConfigDict()

@@ -1,4 +1,4 @@
-"""Discrete cells: derivation from the mixing weights (SPEC section 4), JSON I/O, and the
+"""Discrete cells: derivation from the mixing weights (docs/method.md, section 5), JSON I/O, and the
 published genotypes.
 
 A genotype is the JSON object used by `genotypes.json`: per cell type a list of 8

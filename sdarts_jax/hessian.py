@@ -1,4 +1,4 @@
-"""The Hessian of the validation loss with respect to the architecture (SPEC section 5).
+"""The Hessian of the validation loss with respect to the architecture (docs/method.md, section 6).
 
 Everything rests on exact Hessian-vector products by forward-over-reverse autodiff,
 hvp(v) = d/dt grad L(x + t v) at t = 0, with no finite differences. On top of them:

@@ -1,4 +1,4 @@
-"""Optimizers and schedules (SPEC section 4), as small optax pieces.
+"""Optimizers and schedules (docs/method.md, section 2), as small optax pieces.
 
 Search: the supernet weights use `weight_optimizer` (`sgd` with the cosine `weight_lr`),
 alpha uses `alpha_optimizer`, and the perturbation radius follows `eps_at`. Evaluation

@@ -1,4 +1,4 @@
-"""Perturbations of the mixing weights A (SPEC section 1, step 3), as pure functions.
+"""Perturbations of the mixing weights A (docs/method.md, section 1.3), as pure functions.
 
 A is a pytree of [edges, ops] arrays (one per cell type) whose rows lie on the simplex.
 SDARTS-RS adds uniform noise; SDARTS-ADV runs a sign-PGD attack in the L-inf ball of

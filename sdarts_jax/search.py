@@ -1,4 +1,4 @@
-"""The search (SPEC sections 1-4): epochs, schedules, metrics, genotype, checkpoints.
+"""The search (docs/method.md, sections 1, 2 and 5): epochs, schedules, metrics, genotype, checkpoints.
 
 `train_and_evaluate(config, workdir)` runs a whole search and is what `main.py` calls.
 It reads top to bottom: checks, mesh, data, model and state, compiled functions,

@@ -91,7 +91,7 @@ _SHORT = {"skip": "skip_connect", "sep3": "sep_conv_3x3", "sep5": "sep_conv_5x5"
           "dil3": "dil_conv_3x3", "dil5": "dil_conv_5x5", "max": "max_pool_3x3",
           "avg": "avg_pool_3x3"}
 
-# RobustDARTS S1: two ops per edge, chosen per edge and cell type (SPEC section 3).
+# RobustDARTS S1: two ops per edge, chosen per edge and cell type (docs/method.md, section 4).
 _S1_NORMAL = ("skip dil3", "skip dil5", "skip dil5", "skip sep3", "skip dil3", "max skip",
               "skip sep3", "skip sep3", "skip dil3", "skip sep3", "max skip", "skip dil3",
               "dil3 dil5", "dil3 dil5")

@@ -1,6 +1,6 @@
-"""One SDARTS search step (SPEC section 1) as a single compiled function.
+"""One SDARTS search step (docs/method.md, section 1) as a single compiled function.
 
-Read `make_step` top to bottom: it is SPEC section 1. Every use of the supernet in a step
+Read `make_step` top to bottom: it is docs/method.md, section 1. Every use of the supernet in a step
 is one *evaluation*: the loss, its gradients with respect to the weights and to the mixing
 weights A, and the updated BatchNorm statistics, at some A, on the train or the validation
 batch, with BatchNorm in train or inference mode:
@@ -116,7 +116,7 @@ def mixing_weights(alpha):
 # ---------------------------------------------------------------- the step
 
 def plain_step(model, config, steps_per_epoch: int, preprocess):
-  """The first-order step of SPEC section 1 written plainly: step(state, batch) ->
+  """The first-order step of docs/method.md, section 1, written plainly: step(state, batch) ->
   (state, A_w, clean loss or None), with arguments as `make_step`'s and A_w the mixing
   weights the weight step used. It compiles one copy of the supernet per evaluation (ten
   for ADV), so it is the definition to test against, not the step to run.

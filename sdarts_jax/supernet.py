@@ -1,4 +1,4 @@
-"""The DARTS-family supernet (SPEC section 2), taking the mixing weights as an input.
+"""The DARTS-family supernet (docs/method.md, section 3), taking the mixing weights as an input.
 
 `Supernet.apply(variables, x, A, train)` maps images x [N, H, W, 3] and mixing weights
 A = {"normal": [14, K], "reduce": [14, K]} to logits [N, classes]; `NB201Supernet`, the

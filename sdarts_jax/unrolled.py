@@ -1,4 +1,4 @@
-"""DARTS's second-order alpha step (SPEC section 1, "DARTS second order"), as the pure
+"""DARTS's second-order alpha step (docs/method.md, section 1.5), as the pure
 pieces that the step's phases compose; `sdarts_jax.step` owns the supernet evaluations.
 
 The alpha step descends the validation loss at the one-step unrolled weights

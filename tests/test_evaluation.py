@@ -1,4 +1,4 @@
-"""Evaluation networks, model report, training loop and inputs (SPEC section 6)."""
+"""Evaluation networks, model report, training loop and inputs (docs/method.md, section 7)."""
 import colorsys
 import functools
 import json

@@ -1,4 +1,4 @@
-"""Genotype derivation (SPEC section 4) on hand-made mixing weights, and the registry."""
+"""Genotype derivation (docs/method.md, section 5) on hand-made mixing weights, and the registry."""
 import numpy as np
 import pytest
 

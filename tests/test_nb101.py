@@ -72,7 +72,7 @@ def test_alpha_shapes_are_the_reference_ones():
                   "inputs_4": (1, 4), "inputs_5": (1, 5)}}
   assert {name: nb101.alpha_shapes(space) for name, space in nb101.SPACES.items()} == want
   assert [nb101.get_space(n).parents for n in ("ss1", "ss2", "ss3")] == [
-      (1, 2, 2, 2, 2), (1, 1, 2, 2, 3), (1, 1, 1, 2, 2, 2)]  # SPEC.md section 3
+      (1, 2, 2, 2, 2), (1, 1, 2, 2, 3), (1, 1, 1, 2, 2, 2)]  # docs/method.md, section 4
   with pytest.raises(ValueError, match="ss1, ss2, ss3"):
     nb101.get_space("ss4")
 

@@ -69,7 +69,7 @@ def inference_loss():
 
 def test_pgd_raises_the_loss_over_its_random_starts():
   """From each of 6 random starts (3 batches x 2 keys) at eps = 0.3, the package's PGD
-  steps (`perturb.pgd_update`, the step size of SPEC) end at a higher inference-mode loss
+  steps (`perturb.pgd_update`, step size of docs/method.md 1.3) end at a higher inference-mode loss
   than the start: the ascent goes uphill."""
   config, _, state, batches, preprocess = setup("adv")
   loss, grad = inference_loss()

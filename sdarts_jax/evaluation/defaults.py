@@ -1,4 +1,4 @@
-"""Default configurations for training a found cell from scratch (SPEC section 6): every
+"""Default configurations for training a found cell from scratch (docs/method.md, section 7): every
 number of the evaluation protocol lives here, once.
 
 Config files `configs/{cifar10,cifar100,svhn,imagenet}_eval.py` call `cifar_config` or

@@ -1,5 +1,5 @@
 """Evaluation networks: a discrete cell (a genotype) stacked and trained from scratch
-(SPEC section 6), as the DARTS reference's `NetworkCIFAR` and `NetworkImageNet`.
+(docs/method.md, section 7), as the DARTS reference's `NetworkCIFAR` and `NetworkImageNet`.
 
 `Network.apply(variables, x, train, drop_prob)` maps images x [N, H, W, 3] to
 (logits [N, classes], auxiliary logits [N, classes] or None). The auxiliary head runs only

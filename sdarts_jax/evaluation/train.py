@@ -1,4 +1,4 @@
-"""Training a found cell from scratch (SPEC section 6): the evaluation loop.
+"""Training a found cell from scratch (docs/method.md, section 7): the evaluation loop.
 
 `train_and_evaluate(config, workdir)` trains the network of `config.arch` and is what
 `main.py` calls for `config.mode == "train"`. It has the search's shape (checks, mesh,
