@@ -504,12 +504,22 @@ def cutout_square(key: jax.Array, x: jax.Array, length: int, prob=1.0) -> jax.Ar
   return jnp.where(hole[..., None], 0.0, x)
 
 
-def cutout_prob_at(prob, epoch, epochs: int):
-  """The cutout probability of `epoch` (from 0) in a search of `epochs` epochs, as the
-  reference's search scripts ramp it: prob * epoch / (epochs - 1), 0 in the first epoch and
-  prob in the last (a one-epoch search, where the reference divides by zero, gets 0).
-  epoch may be traced."""
-  return prob * epoch / max(epochs - 1, 1)
+CUTOUT_SCHEDULES = ("constant", "linear_ramp")
+
+
+def cutout_prob_at(prob, epoch, epochs: int, schedule: str = "constant"):
+  """The cutout probability of `epoch` (from 0) in a search of `epochs` epochs.
+
+  "constant": prob in every epoch, what the official search scripts run (their per-epoch
+  "ramp" sets `transforms[-1].cutout_prob`, but their `Cutout.__call__` reads `self.prob`).
+  "linear_ramp": prob * epoch / (epochs - 1), what those scripts' comment and log line
+  describe: 0 in the first epoch and prob in the last (a one-epoch search, where that
+  formula divides by zero, gets 0). epoch may be traced."""
+  if schedule == "constant":
+    return prob
+  if schedule == "linear_ramp":
+    return prob * epoch / max(epochs - 1, 1)
+  raise ValueError(f"cutout schedule {schedule!r}; use one of {', '.join(CUTOUT_SCHEDULES)}")
 
 
 def random_crop_flip(key: jax.Array, images: jax.Array, padding: int) -> jax.Array:

@@ -88,8 +88,12 @@ def search_config(method: str) -> ml_collections.ConfigDict:
   c.data = data_config()
   # Cutout during search (the reference's --cutout, --cutout_length, --cutout_prob), off
   # with data.cutout = 0: on the weights' and alpha's batches, each image cut with
-  # probability cutout_prob * epoch / (epochs - 1), epoch from 0.
+  # probability cutout_prob in every epoch ("constant", what the official scripts run:
+  # their ramp sets an attribute that their Cutout never reads; docs/deviations.md), or
+  # cutout_prob * epoch / (epochs - 1), epoch from 0 ("linear_ramp", what their comment
+  # and log line describe).
   c.data.cutout_prob = 1.0
+  c.data.cutout_schedule = "constant"  # constant | linear_ramp
   c.weights = ml_collections.ConfigDict(dict(
       lr=0.025, lr_min=0.001,  # cosine over the epochs
       lr_epoch_offset=1,       # the reference steps its scheduler first: epoch e uses e + 1
@@ -122,15 +126,18 @@ def search_config(method: str) -> ml_collections.ConfigDict:
   return c
 
 
-def pcdarts_search_config(method: str) -> ml_collections.ConfigDict:
+def pcdarts_search_config(method: str = "darts") -> ml_collections.ConfigDict:
   """PC-DARTS (Xu et al. 2020) as the official SDARTS code searches it
   (sota/cnn/train_search_pcdarts.py, model_search_pcdarts.py): partial channel
-  connections with K = 4 and channel shuffle, no edge normalisation; that script's
+  connections with K = 4 and channel shuffle, no edge normalisation, in space s1 (that
+  script's default; the published PC-DARTS cells are s1-s4); that script's
   hyper-parameters (batch 64, weight lr 0.025 cosine to 0.001, momentum 0.9, weight decay
   3e-4, alpha lr 3e-4 with decay 1e-3, 50 epochs, no warm-up, half the train split for
-  alpha, C=16, 8 cells) are `search_config`'s. method: darts, rs, adv (the perturbation
-  and eps ramp of sota/cnn/train_search.py on top), or darts2."""
+  alpha, C=16, 8 cells) are `search_config`'s. method: darts (that script's only method:
+  it has no perturbation), or, beyond it, rs, adv (the perturbation and eps ramp of
+  sota/cnn/train_search.py on top) or darts2."""
   c = search_config(method)
+  c.space = "s1"
   c.model.partial_k = 4
   return c
 
@@ -203,6 +210,9 @@ def nb201_search_config(method: str) -> ml_collections.ConfigDict:
   ))
   c.nb201 = ml_collections.ConfigDict(dict(
       table="",              # NAS-Bench-201 accuracy CSV: query the cell every epoch
+      # its sha256, checked on loading: the published table's (nb201.TABLE_SHA256; a
+      # table of your own: its digest, or "" for no check; docs/data.md)
+      table_sha256="cb5d777ec3368be83c8f9b3aa4d520696051cb0eb8d94b8f85b519f9ea4afa3e",
   ))
   return c
 

@@ -24,10 +24,11 @@ RESUMABLE_FIELDS = ("log_every_steps", "compilation_cache", "checkpoints_to_keep
 # Fields added to the config after runs were already being made, with the value that a
 # saved config.json without them means (the behaviour before the field existed): a run
 # started before second order landed resumes as the first-order run it is, one started
-# before PC-DARTS and search cutout as the plain DARTS-family supernet without cutout.
+# before PC-DARTS and search cutout as the plain DARTS-family supernet without cutout, one
+# started before cutout_schedule with the ramp that it then ran.
 ADDED_FIELDS = {"alpha.order": 1, "alpha.hvp": "exact", "alpha.hvp_r": 0.01,
                 "model.partial_k": 1, "model.edge_norm": False, "data.cutout": 0,
-                "data.cutout_prob": 1.0}
+                "data.cutout_prob": 1.0, "data.cutout_schedule": "linear_ramp"}
 
 
 class RunError(RuntimeError):
@@ -71,7 +72,10 @@ def check_resume(config, workdir: str) -> None:
   current = json.loads(config.to_json())
   if os.path.exists(path):
     saved, now = _flatten(metrics.read_json(path)), _flatten(current)
-    saved.update({k: v for k, v in ADDED_FIELDS.items() if k in now and k not in saved})
+    filled = {k: v for k, v in ADDED_FIELDS.items() if k in now and k not in saved}
+    if "data.cutout_schedule" in filled and not saved.get("data.cutout", 0):
+      filled["data.cutout_schedule"] = now["data.cutout_schedule"]  # no cutout: no schedule
+    saved.update(filled)
     differ = sorted(k for k in set(saved) | set(now)
                     if k not in RESUMABLE_FIELDS and saved.get(k) != now.get(k))
     if differ:

@@ -63,6 +63,9 @@ def check_config(config) -> None:
   if config.data.cutout < 0 or not 0.0 <= config.data.cutout_prob <= 1.0:
     raise ValueError(f"config.data.cutout={config.data.cutout} must be >= 0 (0: off) and "
                      f"config.data.cutout_prob={config.data.cutout_prob} in [0, 1]")
+  if config.data.cutout_schedule not in data.CUTOUT_SCHEDULES:
+    raise ValueError(f"config.data.cutout_schedule={config.data.cutout_schedule!r}; use one "
+                     f"of {', '.join(data.CUTOUT_SCHEDULES)}")
   if config.model.impl not in ("auto",) + ops.IMPLS:
     raise ValueError(f"config.model.impl={config.model.impl!r}; use auto or one of "
                      f"{', '.join(ops.IMPLS)}")
@@ -116,16 +119,24 @@ def init_state(model, config, image_shape, steps_per_epoch: int) -> dict:
           "step": jnp.zeros((), jnp.int32)}
 
 
+def cutout_prob(config, epoch):
+  """The search's cutout probability in `epoch` (from 0; may be traced), by
+  config.data.cutout_schedule (`data.cutout_prob_at`): what the step applies and the epoch
+  record reports."""
+  d = config.data
+  return data.cutout_prob_at(d.cutout_prob, epoch, config.epochs, d.cutout_schedule)
+
+
 def make_train_step(model, config, steps_per_epoch: int, source: data.Source):
   """`step.make_step` with the search's augmentation (`data.preprocess`): crop and flip,
   and with config.data.cutout > 0 a cutout square with the probability of the step's epoch
-  (`data.cutout_prob_at`, ramped from 0), on the weights' and alpha's batches alike, as
-  the reference's shared train transform. The step is built inside the trace so that its
-  preprocessing sees the step count."""
+  (`cutout_prob`: constant by default, as the official scripts run; or ramped from 0), on
+  the weights' and alpha's batches alike, as the reference's shared train transform. The
+  step is built inside the trace so that its preprocessing sees the step count."""
   d = config.data
 
   def train_step(state, batch):
-    prob = data.cutout_prob_at(d.cutout_prob, state["step"] // steps_per_epoch, config.epochs)
+    prob = cutout_prob(config, state["step"] // steps_per_epoch)
     preprocess = lambda key, images: data.preprocess(
         key, images, source.mean, source.std, d.augment, d.crop_padding, d.cutout, prob)
     return step.make_step(model, config, steps_per_epoch, preprocess)(state, batch)
@@ -288,7 +299,7 @@ class EpochReport:
     geno = genotype.derive(A, self.model.space)
     record = dict(means, epoch=epoch + 1, seconds=seconds)
     if config.data.cutout:
-      record.update(cutout_prob=data.cutout_prob_at(config.data.cutout_prob, epoch, config.epochs))
+      record.update(cutout_prob=float(cutout_prob(config, epoch)))
     if config.eval_every_epochs and (epoch + 1) % config.eval_every_epochs == 0:
       loss, correct = 0.0, 0
       stats = state["batch_stats"]

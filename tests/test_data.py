@@ -386,11 +386,67 @@ def test_cutout_squares_where_the_reference_puts_them():
   assert all(c or u for c, u in zip(cut, untouched)) and 10 < sum(cut) < 54
 
 
-def test_cutout_probability_ramps_over_the_epochs_as_the_reference():
-  """sota/cnn/train_search.py: cutout_prob * epoch / (epochs - 1), epoch from 0."""
-  assert data.cutout_prob_at(1.0, 0, 50) == 0.0
-  assert data.cutout_prob_at(1.0, 49, 50) == 1.0
-  assert data.cutout_prob_at(0.5, 7, 50) == 0.5 * 7 / 49
-  assert data.cutout_prob_at(1.0, 0, 1) == 0.0
-  assert float(jax.jit(data.cutout_prob_at, static_argnums=2)(1.0, jnp.int32(2), 5)) == 0.5
-  assert defaults.search_config("adv").data.cutout == 0  # off by default
+def test_cutout_probability_constant_or_ramped():
+  """"constant" (the default): cutout_prob in every epoch, as the official scripts run
+  (their ramp sets an attribute that Cutout never reads); "linear_ramp": what their comment
+  and log line say, cutout_prob * epoch / (epochs - 1), epoch from 0."""
+  assert data.cutout_prob_at(0.5, 0, 50) == data.cutout_prob_at(0.5, 49, 50) == 0.5
+  ramp = lambda *a: data.cutout_prob_at(*a, schedule="linear_ramp")
+  assert ramp(1.0, 0, 50) == 0.0 and ramp(1.0, 49, 50) == 1.0
+  assert ramp(0.5, 7, 50) == 0.5 * 7 / 49
+  assert ramp(1.0, 0, 1) == 0.0
+  assert float(jax.jit(ramp, static_argnums=2)(1.0, jnp.int32(2), 5)) == 0.5
+  with pytest.raises(ValueError, match="cutout schedule 'ramp'"):
+    data.cutout_prob_at(1.0, 0, 5, "ramp")
+  c = defaults.search_config("adv")
+  assert (c.data.cutout, c.data.cutout_schedule) == (0, "constant")  # off by default
+
+
+def test_search_step_cuts_its_images_by_the_schedule(monkeypatch):
+  """The images the search step is handed (`search.make_train_step`'s preprocessing of the
+  weights' and alpha's batches, with the probability it computes from the step count),
+  counted: an image is cut when it holds zeros, and then exactly one square of at most
+  cutout x cutout pixels (constant images normalise to nonzero values, padding included).
+  With cutout_prob 0.5 over 5 epochs, "constant" cuts about half the images in the first
+  epoch as in the last; "linear_ramp" none in the first, a quarter in the middle, half in
+  the last. 512 images per count: a binomial standard deviation of at most 0.022."""
+  from conftest import tiny_config
+  from sdarts_jax import search
+  n, size, length, steps_per_epoch = 256, 8, 4, 3
+  source = data.Source("constant", np.zeros((1, size, size, 3), np.uint8), np.zeros(1, np.int32),
+                       10, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+  batch = {"train_image": jnp.full((n, size, size, 3), 200, jnp.uint8),
+           "val_image": jnp.full((n, size, size, 3), 200, jnp.uint8)}
+
+  def handed_images(model, config, steps, preprocess):  # stands in for step.make_step
+    def step(state, batch):
+      k_t, k_v = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(0), state["step"]))
+      return jnp.concatenate([preprocess(k_t, batch["train_image"]),
+                              preprocess(k_v, batch["val_image"])])
+    return step
+
+  monkeypatch.setattr(search.step, "make_step", handed_images)
+
+  compiled = {}
+
+  def fraction_cut(schedule, epoch):
+    if schedule not in compiled:
+      config = tiny_config("darts", **{"epochs": 5, "data.cutout": length, "data.cutout_prob":
+                                       0.5, "data.cutout_schedule": schedule})
+      search.check_config(config)
+      compiled[schedule] = jax.jit(search.make_train_step(None, config, steps_per_epoch, source))
+    x = np.asarray(compiled[schedule]({"step": jnp.int32(epoch * steps_per_epoch + 1)}, batch))
+    zero = np.all(x == 0, axis=-1)  # [2n, H, W]
+    cut = zero.any(axis=(1, 2))
+    for hole in zero[cut]:  # one axis-aligned square, clipped at the border
+      rows, cols = np.flatnonzero(hole.any(1)), np.flatnonzero(hole.any(0))
+      assert hole.sum() == len(rows) * len(cols) and len(rows) <= length >= len(cols)
+      assert hole[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all()
+    assert not np.any(x[~cut] == 0)
+    return cut.mean()
+
+  for epoch in (0, 4):
+    assert abs(fraction_cut("constant", epoch) - 0.5) < 0.11
+  assert fraction_cut("linear_ramp", 0) == 0.0
+  assert abs(fraction_cut("linear_ramp", 2) - 0.25) < 0.11
+  assert abs(fraction_cut("linear_ramp", 4) - 0.5) < 0.11

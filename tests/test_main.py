@@ -76,6 +76,19 @@ def test_resume_of_a_run_saved_before_a_field_existed(tmp_path):
   config.alpha.order = 2
   with pytest.raises(ValueError, match=r"different configuration \(fields alpha\.order\)"):
     run.check_resume(config, str(tmp_path))
+  # Saved before data.cutout_schedule: with cutout on it ran the ramp, so the constant
+  # default is refused and linear_ramp resumes; with cutout off the schedule changes nothing.
+  config = tiny_config("adv", **{"data.cutout": 4})
+  saved = json.loads(config.to_json())
+  del saved["data"]["cutout_schedule"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  with pytest.raises(ValueError, match=r"different configuration \(fields data\.cutout_schedule\)"):
+    run.check_resume(config, str(tmp_path))
+  config.data.cutout_schedule = "linear_ramp"
+  run.check_resume(config, str(tmp_path))
+  config, saved["data"]["cutout"] = tiny_config("adv"), 0
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  run.check_resume(config, str(tmp_path))
   spec = importlib.util.spec_from_file_location("cifar10_eval", ROOT / "configs/cifar10_eval.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

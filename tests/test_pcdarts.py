@@ -30,12 +30,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 #   sys.modules["PIL"].Image = sys.modules["torchvision.datasets"].VisionDataset = object
 #   from sota.cnn.model_search_pcdarts import PCDARTSNetwork
 #   from sota.cnn.spaces import spaces_dict
-#   for s in ("s5", "s3"):
+#   for s in ("s1", "s5", "s3"):
 #     net = PCDARTSNetwork(16, 10, 8, nn.CrossEntropyLoss(), spaces_dict[s])
 #     print(s, sum(p.numel() for p in net.parameters()))
 #   PY
 # (The DARTS supernet, sota/cnn/model_search.py's Network, has 1,930,618 in s5.)
-OFFICIAL_PARAMS = {"s5": 299_578, "s3": 149_946}
+OFFICIAL_PARAMS = {"s1": 130_946, "s5": 299_578, "s3": 149_946}  # s1: the official default
 
 # Two edges leaving one state, with different op lists (`none` included), as in space s1.
 EDGE_OPS = (("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"),
@@ -172,12 +172,20 @@ def test_genotype_ranks_edges_by_op_weight_times_edge_weight():
 # ---------------------------------------------------------------- the search
 
 def test_config_has_the_official_settings():
+  """The defaults of sota/cnn/train_search_pcdarts.py (SmoothDARTS commit d3dbfed), copied
+  by hand: --search_space s1, no perturbation (the script has no --perturb_alpha; method
+  darts here), --unrolled off (first order), --init_channels 16, --layers 8, --epochs 50,
+  --batch_size 64, --learning_rate 0.025, --learning_rate_min 0.001, --weight_decay 3e-4,
+  --arch_learning_rate 3e-4, --arch_weight_decay 1e-3, --train_portion 0.5, --cutout off
+  (--cutout_prob 1.0, applied at that constant probability when on)."""
   c = load_config("")
-  assert (c.method, c.space, c.model.partial_k, c.model.edge_norm) == ("adv", "s5", 4, False)
+  assert (c.method, c.alpha.order, c.space) == ("darts", 1, "s1")
+  assert (c.model.partial_k, c.model.edge_norm) == (4, False)
   assert (c.model.channels, c.model.layers, c.epochs, c.data.batch_size) == (16, 8, 50, 64)
   assert (c.weights.lr, c.weights.lr_min, c.weights.weight_decay) == (0.025, 0.001, 3e-4)
   assert (c.alpha.lr, c.alpha.weight_decay, c.data.train_portion) == (3e-4, 1e-3, 0.5)
-  assert (c.data.cutout, c.data.cutout_prob) == (0, 1.0)
+  assert (c.data.cutout, c.data.cutout_prob, c.data.cutout_schedule) == (0, 1.0, "constant")
+  search.check_config(c)
   rs = load_config("method=rs,space=s3,smoke")
   assert (rs.method, rs.space, rs.model.partial_k, rs.epochs) == ("rs", "s3", 4, 2)
   search.check_config(rs)
@@ -189,7 +197,7 @@ def test_config_has_the_official_settings():
 def test_smoke_search_with_edge_norm_and_cutout(tmp_path):
   """The smoke config with edge normalisation and cutout on, on tiny synthetic data (one
   cell, two epochs of 2 steps): the edge weights are trained and checkpointed in alpha,
-  the genotype is derived with them, the epoch records carry cutout's ramp, and a rerun
+  the genotype is derived with them, the epoch records carry cutout's probability, and a rerun
   restores the final checkpoint and has nothing to do. (Resuming mid-epoch is the loop's,
   checked by tests/test_search.py.)"""
   config = override(load_config("method=rs,space=s3,smoke"), {
@@ -199,7 +207,9 @@ def test_smoke_search_with_edge_norm_and_cutout(tmp_path):
   workdir = str(tmp_path / "run")
   search.train_and_evaluate(config, workdir)
   epochs = metrics.read_records(workdir, "epoch")
-  assert [(r["epoch"], r["cutout_prob"]) for r in epochs] == [(1, 0.0), (2, 1.0)]
+  # The default constant schedule, as reported (the images the step cuts are counted by
+  # tests/test_data.py::test_search_step_cuts_its_images_by_the_schedule).
+  assert [(r["epoch"], r["cutout_prob"]) for r in epochs] == [(1, 1.0), (2, 1.0)]
   step_count, state = final_state(workdir)
   alpha = state["alpha"]
   shapes = supernet.Supernet(spaces.get_space("s3"), 10, 4, 1, edge_norm=True).alpha_shapes()
