@@ -4,15 +4,18 @@ A cell is written as NAS-Bench-201 writes it, node by node, each node listing it
 `|op~0|+|op~0|op~1|+|op~0|op~1|op~2|` (node i's edges from nodes 0..i-1, in the edge
 order of `spaces.NB201_CELL`).
 
-The table is a CSV with one row per cell of the space (15,625 = 5^6 in the full table, see
-../shared/data/nb201/README.md) and the columns `COLUMNS`: the mean test accuracy (%) after
-200 training epochs on CIFAR-10, CIFAR-100 and ImageNet16-120, the cell string, and a
-canonical string of the computation the cell performs (isomorphic cells share it).
+The table is a CSV with one row per cell of the space (15,625 = 5^6 in the full table) and
+the columns `COLUMNS`: the mean test accuracy (%) after 200 training epochs on CIFAR-10,
+CIFAR-100 and ImageNet16-120, the cell string, and a canonical string of the computation the
+cell performs (isomorphic cells share it). The published table is `TABLE_URL`, checked
+against `TABLE_SHA256` when a search loads it; `python -m sdarts_jax.nb201_table` writes
+the same table from the official benchmark files (docs/data.md).
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import itertools
 import math
 import os
@@ -27,6 +30,46 @@ DATASETS = {"cifar10": "CIFAR10TestAccuracy200Epochs",
             "imagenet16": "ImageNetTestAccuracy200Epochs"}
 ARCH, UNIQUE = "ArchitectureString", "UniqueString"
 COLUMNS = tuple(DATASETS.values()) + (ARCH, UNIQUE)
+
+# The published table: NATS-Bench's topology results (Dong et al.), as the public repository
+# v-tao/nats-bench-landscape exported them (its nats_bench.csv, commit b307ae5), and the
+# sha256 of that file; config.nb201.table_sha256 names another (or "" for no check).
+TABLE_URL = ("https://raw.githubusercontent.com/v-tao/nats-bench-landscape/"
+             "b307ae5fe6e8d7043cd4fe7d1c3532288271adb7/nats_bench.csv")
+TABLE_SHA256 = "cb5d777ec3368be83c8f9b3aa4d520696051cb0eb8d94b8f85b519f9ea4afa3e"
+CONVERT_COMMAND = ("python -m sdarts_jax.nb201_table "
+                   "--source=NAS-Bench-201-v1_0-e61699.pth --out=nb201.csv")
+
+
+def how_to_get() -> str:
+  """The two ways to the table, for error messages."""
+  return (f"download the published table from {TABLE_URL} (sha256 {TABLE_SHA256}), or "
+          f"convert the official benchmark file (NAS-Bench-201-v1_0-e61699.pth or NATS-Bench's "
+          f"NATS-tss-v1_0-3ffb9-simple) with `{CONVERT_COMMAND}`; see docs/data.md")
+
+
+def sha256_of(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def check_sha256(path: str, expected: str) -> None:
+  """ValueError unless the file's sha256 is `expected` (no check when it is empty)."""
+  if not expected:
+    return
+  got = sha256_of(path)
+  if got == expected.lower():
+    return
+  what = ("the published NAS-Bench-201 table's" if expected.lower() == TABLE_SHA256
+          else "config.nb201.table_sha256")
+  raise ValueError(f"config.nb201.table={path}: its sha256 is {got}, not {what} "
+                   f"({expected}): the file is damaged or another table. For the published "
+                   f"table, {how_to_get()}. For a table of your own (e.g. converted), pin it "
+                   f"with --config.nb201.table_sha256={got}, or skip the check with "
+                   f"--config.nb201.table_sha256=''")
 
 
 def to_string(cell_ops) -> str:
@@ -83,13 +126,16 @@ class Table:
   num_groups: int
 
   @classmethod
-  def load(cls, path: str) -> "Table":
-    """Read the CSV at `path`; ValueError naming the file (and line and column) when it is
-    missing or malformed: a missing column, an accuracy that is not a number in [0, 100],
-    a cell string that is not one, a cell listed twice, no rows."""
+  def load(cls, path: str, sha256: str = "") -> "Table":
+    """Read the CSV at `path`, first checking that its sha256 is `sha256` when that is given
+    (TABLE_SHA256: the published table); ValueError naming the file (and line and column)
+    when it is missing, does not match, or is malformed: a missing column, an accuracy that
+    is not a number in [0, 100], a cell string that is not one, a cell listed twice, no
+    rows."""
     if not os.path.isfile(path):
       raise ValueError(f"config.nb201.table={path}: no such file (expected the NAS-Bench-201 "
-                       f"accuracy CSV, e.g. ../shared/data/nb201/nats_bench.csv)")
+                       f"accuracy CSV): {how_to_get()}")
+    check_sha256(path, sha256)
     with open(path, newline="") as f:
       reader = csv.DictReader(f)
       missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
@@ -153,14 +199,15 @@ class Table:
 
 
 def table_for(config) -> Table | None:
-  """The table that `config.nb201.table` names, checked complete, or None when unset; a
-  ValueError when it is set for a space other than nb201 or cannot be used."""
+  """The table that `config.nb201.table` names, checked against `config.nb201.table_sha256`
+  (default TABLE_SHA256; "" skips the check) and complete, or None when unset; a ValueError
+  when it is set for a space other than nb201 or cannot be used."""
   path = config.get("nb201", {}).get("table", "")
   if not path:
     return None
   if spaces.get_space(config.space).topology != spaces.NB201_CELL:
     raise ValueError(f"config.nb201.table is set but config.space={config.space!r}: the "
                      f"NAS-Bench-201 table only scores cells of the nb201 space")
-  table = Table.load(os.path.expanduser(path))
+  table = Table.load(os.path.expanduser(path), config.nb201.get("table_sha256", TABLE_SHA256))
   table.check_complete()
   return table
