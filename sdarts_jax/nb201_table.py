@@ -287,6 +287,7 @@ def main(argv=None) -> int:
   parser.add_argument("--trust_pickle", action="store_true",
                       help="unpickle the source without restriction (only a file from the "
                            "official source: a pickle can run code)")
+  parser.add_argument("--helpfull", action="help", help=argparse.SUPPRESS)  # as absl's
   args = parser.parse_args(argv)
   try:
     count, digest = convert(os.path.expanduser(args.source), os.path.expanduser(args.out),
