@@ -17,10 +17,10 @@ from absl import logging as absl_logging
 from sdarts_jax import checkpoint, metrics
 
 # Config fields (dotted paths) that may change when a run resumes; any other difference
-# is an error.
+# is an error. (nb201.table_sha256 only checks the file; runs made before it resume too.)
 RESUMABLE_FIELDS = ("log_every_steps", "compilation_cache", "checkpoints_to_keep",
                     "eval_every_epochs", "eval_bn", "checkpoint_every_epochs", "data.workers",
-                    "data.threads")
+                    "data.threads", "nb201.table_sha256")
 # Fields added to the config after runs were already being made, with the value that a
 # saved config.json without them means (the behaviour before the field existed): a run
 # started before second order landed resumes as the first-order run it is, one started

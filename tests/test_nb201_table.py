@@ -326,3 +326,19 @@ def test_missing_table_names_both_ways(tmp_path):
   assert "python -m sdarts_jax.nb201_table --source=NAS-Bench-201-v1_0-e61699.pth" in message
   assert "NATS-tss-v1_0-3ffb9-simple" in message and "docs/data.md" in message
   assert nb201.table_for(_config("")) is None  # no table: a search without queries
+
+
+def test_a_run_made_before_the_checksum_field_resumes(tmp_path):
+  """config.json of an NB201 run saved before nb201.table_sha256 existed: the run resumes
+  (the field only checks the file), and so does one that changes it."""
+  import json
+  from sdarts_jax import run
+  config = _config("t.csv", **{"compilation_cache": ""})
+  saved = json.loads(config.to_json())
+  del saved["nb201"]["table_sha256"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  run.check_resume(config, str(tmp_path))
+  run.check_resume(_config("t.csv", **{"compilation_cache": "", "nb201.table_sha256": ""}),
+                   str(tmp_path))
+  with pytest.raises(ValueError, match="fields nb201.table"):
+    run.check_resume(_config("other.csv", **{"compilation_cache": ""}), str(tmp_path))
