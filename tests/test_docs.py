@@ -262,3 +262,15 @@ def test_method_md_has_the_sections_the_code_cites():
       for m in re.finditer(r"docs/method\.md (\d+\.\d+)", p.read_text()):
         cited.add(m.group(1))
   assert cited and cited <= sections, (sorted(cited - sections), sorted(sections))
+
+
+def test_relative_links_point_at_files():
+  """Every relative Markdown link or image of README.md and docs/*.md names a file."""
+  broken = []
+  for doc in DOCS:
+    for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+      if re.match(r"[a-z]+:", target) or target.startswith("#"):
+        continue
+      if not (doc.parent / target.split("#", 1)[0]).exists():
+        broken.append(f"{doc.relative_to(ROOT)}: {target}")
+  assert not broken, "\n".join(broken)
