@@ -66,10 +66,11 @@ def check_sha256(path: str, expected: str) -> None:
   what = ("the published NAS-Bench-201 table's" if expected.lower() == TABLE_SHA256
           else "config.nb201.table_sha256")
   raise ValueError(f"config.nb201.table={path}: its sha256 is {got}, not {what} "
-                   f"({expected}): the file is damaged or another table. For the published "
-                   f"table, {how_to_get()}. For a table of your own (e.g. converted), pin it "
-                   f"with --config.nb201.table_sha256={got}, or skip the check with "
-                   f"--config.nb201.table_sha256=''")
+                   f"({expected}): the file is damaged or another table. The published "
+                   f"table is at {TABLE_URL}; for a table of your own (e.g. written by "
+                   f"`python -m sdarts_jax.nb201_table`), pin it with "
+                   f"--config.nb201.table_sha256={got}, or skip the check with "
+                   f"--config.nb201.table_sha256='' (docs/data.md)")
 
 
 def to_string(cell_ops) -> str:
