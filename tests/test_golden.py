@@ -12,7 +12,9 @@ s1 forward test would cost another 15-30 s of compilation). The official code wa
 JAX step's own uniform noise (RS noise, PGD random start), so the steps are compared
 exactly, not in distribution, and its data were drawn to stay clear of the points where a
 discrete choice (the max-pooling argmax, PGD's sign of the gradient, its acceptance test)
-could go either way within float32 rounding (tools/golden.py, KinkMonitor).
+could go either way within float32 rounding (tools/golden.py, KinkMonitor). A third fixture,
+s1_unrolled (tools/golden_unrolled.py), holds one official second-order alpha step
+(`Architect.step(..., unrolled=True)`) from the s1 state.
 
 Tolerances are relative to the scale of each compared array: max |got - want| <= tol *
 max |want|; parameters after the steps are compared by the change the steps made, up to
@@ -49,6 +51,9 @@ TOL_FORWARD = 5e-5  # logits [1.0e-6], loss [1.0e-7], running statistics [6.5e-6
 TOL_GRAD = 5e-5     # gradients w.r.t. the weights [3.3e-6] and w.r.t. A [1.8e-6]
 TOL_STEP = 5e-5     # after each step: losses [1.2e-7]; after 2 steps: statistics [3.1e-6],
                     # SGD momentum [2.8e-6], Adam's moments [1.9e-6]
+TOL_UNROLLED = 5e-5  # the second-order step (official central difference): Adam's moments
+                    # [3.7e-6], the unrolled val loss [9.6e-8]; without H v they are 0.12 off,
+                    # without the momentum buffer in w' the loss is 1.5e-3 off
 TOL_CHANGE = 5e-5   # the change of the weights [1.0e-6] and of alpha [0] over the steps,
 ULPS = 2            # beyond this many float32 roundings of the parameters themselves: the
                     # changes are 1e-5 to 1e-3 of the weights at this lr (0.0029), so one
@@ -428,6 +433,39 @@ def test_search_steps(space, method):
   got = {k: optax.tree_utils.tree_get(state["a_opt"], k) for k in adam}
   assert_close(got, adam, TOL_STEP, f"{label} Adam moments")
   assert int(optax.tree_utils.tree_get(state["a_opt"], "count")) == int(fx[f"{method}/adam/step"])
+
+
+def test_official_unrolled_alpha_step():
+  """DARTS's second-order alpha step with the official central difference for H v
+  (config.alpha.order=2, alpha.hvp=finite_difference: the compiled step's unroll,
+  unrolled_val, hvp_plus and hvp_minus phases) from the s1 fixture's state, with SGD
+  momentum buffers (the official ones after two DARTS steps), against one official
+  `Architect.step(..., unrolled=True)` on the same state and batches
+  (tests/golden/s1_unrolled.npz, tools/golden_unrolled.py): the validation loss at the
+  unrolled weights, Adam's moments (the first is 0.5 (g + 1e-3 alpha), g the official
+  alpha gradient grad L_val(w') - eta H v) and alpha's change. (BatchNorm's running
+  statistics are not compared: the official step updates them three times,
+  docs/deviations.md.)"""
+  fx, ux = fixture("s1"), fixture("s1_unrolled")
+  config = config_of("s1", "darts")
+  config.alpha.order, config.alpha.hvp, config.alpha.hvp_r = 2, "finite_difference", 1e-2
+  spe = int(fx["meta/steps_per_epoch"])
+  start = initial_state("s1", "darts")
+  momentum = official_to_flax(unpack(fx, fx["darts/momentum"], "params"), "s1",
+                              int(fx["meta/layers"]))["params"]
+  start = dict(start, w_opt=optax.tree_utils.tree_set(start["w_opt"], trace=momentum))
+  fn = jax.jit(step.make_step(model_of("s1"), config, spe, identity_preprocess))
+  with full_precision():
+    state, metrics = fn(start, batch_of(fx, 0))
+  np.testing.assert_allclose(metrics["lr"], ux["unrolled/lr"], rtol=1e-6)
+  assert_close(metrics["val_loss"], ux["unrolled/val_loss"], TOL_UNROLLED,
+               "s1 unrolled val loss")
+  adam = {"mu": {c: ux[f"unrolled/adam/exp_avg/{c}"] for c in spaces.CELL_TYPES},
+          "nu": {c: ux[f"unrolled/adam/exp_avg_sq/{c}"] for c in spaces.CELL_TYPES}}
+  got = {k: optax.tree_utils.tree_get(state["a_opt"], k) for k in adam}
+  assert_close(got, adam, TOL_UNROLLED, "s1 unrolled Adam moments")
+  alpha = {c: ux[f"unrolled/alpha/{c}"] for c in spaces.CELL_TYPES}
+  assert_change(state["alpha"], alpha, start["alpha"], "s1 unrolled alpha change")
 
 
 @pytest.mark.parametrize("space,method", [r for r in RUNS if r[1] != "adv"])
