@@ -116,15 +116,23 @@ def mixing_weights(alpha):
 # ---------------------------------------------------------------- the step
 
 def plain_step(model, config, steps_per_epoch: int, preprocess):
-  """The first-order step of docs/method.md, section 1, written plainly: step(state, batch) ->
+  """The step of docs/method.md, section 1, written plainly: step(state, batch) ->
   (state, A_w, clean loss or None), with arguments as `make_step`'s and A_w the mixing
   weights the weight step used. It compiles one copy of the supernet per evaluation (ten
   for ADV), so it is the definition to test against, not the step to run.
+
+  With config.alpha.order = 2 the alpha gradient is DARTS's second order by its definition,
+  jax.grad of L_val(w - xi (momentum buf + grad_w L_train(w, A) + wd w), A) with respect
+  to alpha straight through the virtual step (xi the weight lr, whatever
+  config.alpha.hvp says), and BatchNorm's running statistics follow the train pass at w.
   """
-  if config.alpha.order != 1:
-    raise ValueError("plain_step is the first-order step (config.alpha.order = 1)")
   a_opt = optim.alpha_optimizer(config.alpha)
   w_opt = optim.weight_optimizer(config.weights, config.epochs, steps_per_epoch)
+  lr_of = optim.weight_lr(config.weights, config.epochs, steps_per_epoch)
+  w_cfg = config.weights
+  # The noise keys of make_step's evaluations: the second order's alpha step has 3 or 4.
+  plan = phases(config.method, config.perturb.steps, config.alpha.order, config.alpha.hvp)
+  offset = len(plan) - len(phases(config.method, config.perturb.steps))
 
   def step(state, batch):
     k_aug_t, k_aug_v, k_perturb, k_eval = jax.random.split(
@@ -141,8 +149,22 @@ def plain_step(model, config, steps_per_epoch: int, preprocess):
 
     params, stats, alpha = state["params"], state["batch_stats"], state["alpha"]
     # 1. Alpha step: Adam on the validation loss (BatchNorm in train mode).
-    g_alpha, stats = jax.grad(lambda a: loss(params, stats, mixing_weights(a), xv, yv, True, 0),
-                              has_aux=True)(alpha)
+    if config.alpha.order == 1:
+      g_alpha, stats = jax.grad(
+          lambda a: loss(params, stats, mixing_weights(a), xv, yv, True, 0), has_aux=True)(alpha)
+    else:
+      lr, buf = lr_of(state["step"]), optax.tree_utils.tree_get(state["w_opt"], "trace")
+
+      def unrolled_val_loss(a):
+        A = mixing_weights(a)
+        g_w, train_stats = jax.grad(lambda p: loss(p, stats, A, x, y, True, 0),
+                                    has_aux=True)(params)
+        w_virtual = jax.tree.map(
+            lambda w, g, b: w - lr * (w_cfg.momentum * b + g + w_cfg.weight_decay * w),
+            params, g_w, buf)
+        return loss(w_virtual, stats, A, xv, yv, True, 1)[0], train_stats
+
+      g_alpha, stats = jax.grad(unrolled_val_loss, has_aux=True)(alpha)
     updates, alpha_opt = a_opt.update(g_alpha, state["a_opt"], alpha)
     alpha = optax.apply_updates(alpha, updates)
     # 2-3. The mixing weights, perturbed (the attack with BatchNorm in inference mode).
@@ -150,13 +172,14 @@ def plain_step(model, config, steps_per_epoch: int, preprocess):
     if config.method == "rs":
       A_w = perturb.random_start(k_perturb, A, eps)
     elif config.method == "adv":
-      A_w, clean = perturb.pgd(lambda a, i: loss(params, stats, a, x, y, False, 1 + i)[0],
+      A_w, clean = perturb.pgd(lambda a, i: loss(params, stats, a, x, y, False,
+                                                 1 + offset + i)[0],
                                k_perturb, A, eps, config.perturb.steps,
                                config.perturb.random_start)
     else:
       A_w = A
     # 4. Weight step: SGD on the train loss at A_w (BatchNorm in train mode).
-    index = 3 + config.perturb.steps if config.method == "adv" else 1
+    index = (3 + config.perturb.steps if config.method == "adv" else 1) + offset
     g_w, stats = jax.grad(lambda p: loss(p, stats, A_w, x, y, True, index), has_aux=True)(
         params)
     updates, weight_opt = w_opt.update(g_w, state["w_opt"], params)
