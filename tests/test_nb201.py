@@ -22,24 +22,41 @@ TABLE = shared_data("nb201")
 
 # ---------------------------------------------------------------- the network
 
+# Weights of the official NAS-Bench-201 search network (nasbench201/model.py,
+# Network(C=16, N=5, max_nodes=4), alpha excluded) by number of classes, counted with
+# PyTorch 2.13.0 (CPU) from the official code (commit d3dbfed) at $REF:
+#   REF=path/to/SmoothDARTS python - <<'PY'   # a Python with PyTorch
+#   import os, sys, torch, torch.nn as nn
+#   sys.path.insert(0, os.environ["REF"])
+#   torch.Tensor.cuda = lambda self, *a, **k: self
+#   import nasbench201.model as M
+#   for classes in (10, 100):
+#     net = M.Network(16, 5, 4, classes, nn.CrossEntropyLoss())
+#     arch = {id(p) for p in net.arch_parameters()}
+#     print(classes, sum(p.numel() for p in net.parameters() if id(p) not in arch))
+#   PY
+OFFICIAL_NB201_PARAMS = {10: 1_686_106, 100: 1_691_956}
+
+
 def test_parameter_count_matches_official_code():
-  """C=16, N=5, 10 classes: 1,686,106 weights, counted by hand from the official
-  nasbench201/model.py (its count_parameters_in_MB adds the 30 entries of alpha):
-  stem 3*3*3*16 + 2*16 (affine BN) = 464; a cell at C has per edge a 1x1 and a 3x3
-  convolution, 10 C^2, non-affine BN: 6 * 10 * C^2 -> 5 cells each at C = 16, 32, 64:
-  76,800 + 307,200 + 1,228,800; ResNet blocks 16->32: 9*16*32 + 9*32*32 + 16*32 + 2*(2*32)
-  = 14,464 and 32->64: 57,600; last BN 128; classifier 64*10 + 10 = 650."""
-  hand = 464 + 76_800 + 307_200 + 1_228_800 + 14_464 + 57_600 + 128 + 650
-  assert hand == 1_686_106
-  for classes, want in ((10, hand), (100, hand + 64 * 90 + 90)):
+  """C=16, N=5: the official network's count (above), and where the weights sit, by hand
+  from nasbench201/model.py: stem 3*3*3*16 + 2*16 (affine BN) = 464; a cell at C has per
+  edge a 1x1 and a 3x3 convolution, 10 C^2, non-affine BN: 6 * 10 * C^2 -> 5 cells each at
+  C = 16, 32, 64: 76,800, 307,200, 1,228,800; ResNet blocks 16->32: 9*16*32 + 9*32*32 +
+  16*32 + 2*(2*32) = 14,464 and 32->64: 57,600; last BN 128; classifier 64*classes +
+  classes."""
+  hand = {"stem": 464, "stage_0": 76_800, "stage_1": 307_200, "stage_2": 1_228_800,
+          "reduce_1": 14_464, "reduce_2": 57_600, "last_bn": 128}
+  for classes, want in OFFICIAL_NB201_PARAMS.items():
     model = supernet.NB201Supernet(SPACE, classes, 16, 5)
     shapes = jax.eval_shape(lambda: model.init({"params": jax.random.PRNGKey(0)},
                                                jnp.zeros((2, 32, 32, 3)),
                                                {"normal": jnp.zeros((6, 5))}, False))
-    assert sum(x.size for x in jax.tree.leaves(shapes["params"])) == want
-    assert set(shapes["params"]) == {"stem_kernel", "stem_bn", "stage_0", "stage_1", "stage_2",
-                                     "reduce_1", "reduce_2", "last_bn", "classifier_kernel",
-                                     "classifier_bias"}
+    size = {k: sum(x.size for x in jax.tree.leaves(v)) for k, v in shapes["params"].items()}
+    assert sum(size.values()) == want
+    assert size.pop("stem_kernel") + size.pop("stem_bn") == hand["stem"]
+    assert size.pop("classifier_kernel") + size.pop("classifier_bias") == 64 * classes + classes
+    assert size == {k: v for k, v in hand.items() if k != "stem"}
 
 
 def _bn(y):
