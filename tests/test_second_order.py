@@ -1,7 +1,8 @@
 """DARTS's second-order alpha step (config.alpha.order = 2, `sdarts_jax.unrolled`): the exact
 hypergradient against jax.grad straight through the virtual SGD step (float64), the
 reference's central difference converging to it, and the compiled scan step against the
-same update written out plainly.
+same update written out plainly. The independent reference, the official code's second-order
+alpha step on the golden s1 state, is tests/test_golden.py::test_official_unrolled_alpha_step.
 
 Compilation is the cost of these tests, so the supernet is smaller than conftest's tiny one:
 one reduction cell (C=8, so 16 channels) whose edge 0 carries sep_conv_3x3 and skip_connect
