@@ -24,7 +24,16 @@ TORCH ?= 2.13.0
 REF_PIP_ARGS ?=
 PAPER_SIZE := --layers=8 --channels=16 --batch=64
 
-.PHONY: install demo test test-slow bench bench-accel ref-given bench-reference bench-paper clean
+# The TPU compile check (sdarts_jax/tpu_check.py) runs in a venv of its own with libtpu:
+# installed into the main venv, JAX would probe for a TPU at every start and libtpu would
+# print warnings on every CPU run, demo and test.
+TPU_VENV ?= .venv-tpu
+TPU_PY := $(TPU_VENV)/bin/python
+TOPOLOGY ?= v5e:2x2
+CONFIG ?= configs/cifar10_adv.py
+TPU_ARGS ?=
+
+.PHONY: install demo test test-slow tpu-install tpu-check tpu-test bench bench-accel ref-given bench-reference bench-paper clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +52,24 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m slow tests
+
+$(TPU_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(TPU_VENV)
+	$(TPU_PY) -m pip install -q --upgrade pip
+	$(TPU_PY) -m pip install -q -e '.[tpu,test]'
+	touch $@
+
+tpu-install: $(TPU_VENV)/.installed
+
+# Compile CONFIG's programs for the TPU slice TOPOLOGY here (no TPU needed): per-chip
+# memory, FLOPs, bytes and estimated times (docs/tpu.md).
+tpu-check: tpu-install
+	$(TPU_PY) -m sdarts_jax.tpu_check --config='$(CONFIG)' --topology='$(TOPOLOGY)' $(TPU_ARGS)
+
+# The TPU compile tests (tests/test_tpu_compile.py; skipped in `make test`, which has no
+# libtpu): .ci/run runs them after `make test`.
+tpu-test: tpu-install
+	$(TPU_PY) -m pytest -q -p no:cacheprovider tests/test_tpu_compile.py
 
 bench: install
 	$(PY) benchmarks/search_step.py
@@ -66,4 +93,4 @@ bench-paper:
 	$(MAKE) bench-reference BENCH_ARGS='$(PAPER_SIZE) $(BENCH_ARGS)'
 
 clean:
-	rm -rf $(VENV) $(REF_VENV) runs *.egg-info
+	rm -rf $(VENV) $(REF_VENV) $(TPU_VENV) runs *.egg-info

@@ -123,6 +123,8 @@ def search_config(method: str) -> ml_collections.ConfigDict:
   c.checkpoint_every_epochs = 1
   c.checkpoints_to_keep = 2  # 0 keeps every epoch's (for analyses over checkpoints)
   c.compilation_cache = "~/.cache/sdarts_jax/xla"  # "" disables JAX's persistent cache
+  c.step = "auto"            # the compiled step: auto (scan on CPU, static on TPU/GPU), scan
+                             # or static (sdarts_jax.accel_step; first order only)
   return c
 
 

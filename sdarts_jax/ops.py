@@ -56,9 +56,11 @@ IMPLS = ("fused", "fused_autodiff", "grouped")
 NO_GRADS, INPUT_GRADS, ALL_GRADS = 0, 1, 2
 
 
-def depthwise_impl() -> str:
-  """"fused" on CPU, "grouped" on GPU and TPU (see the module docstring)."""
-  return "fused" if jax.default_backend() == "cpu" else "grouped"
+def depthwise_impl(platform: str | None = None) -> str:
+  """"fused" on CPU, "grouped" on GPU and TPU (see the module docstring); platform: "cpu",
+  "gpu" or "tpu", by default JAX's default backend (`sdarts_jax.tpu_check` names the
+  platform it compiles for)."""
+  return "fused" if (platform or jax.default_backend()) == "cpu" else "grouped"
 
 
 def autodiff_impl(impl: str) -> str:

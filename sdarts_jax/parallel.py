@@ -92,9 +92,10 @@ def end_with_the_others():
     os._exit(1)
 
 
-def make_mesh(num_devices: int | None = None) -> Mesh:
-  """A 1-D mesh over the first `num_devices` devices (all by default)."""
-  devices = jax.devices()
+def make_mesh(num_devices: int | None = None, devices=None) -> Mesh:
+  """A 1-D mesh over the first `num_devices` of `devices` (default: all of `jax.devices()`,
+  every process's; `sdarts_jax.tpu_check` passes a TPU slice's compile-only devices)."""
+  devices = list(jax.devices() if devices is None else devices)
   if num_devices is not None:
     if not 0 < num_devices <= len(devices):
       raise ValueError(f"asked for {num_devices} devices, {len(devices)} available")

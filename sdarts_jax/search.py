@@ -17,8 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sdarts_jax import (checkpoint, data, genotype, hessian, loop, losses, metrics, nb201,
-                        oneshot1, ops, optim, parallel, run, spaces, step, supernet)
+from sdarts_jax import (accel_step, checkpoint, data, genotype, hessian, loop, losses,
+                        metrics, nb201, oneshot1, ops, optim, parallel, run, spaces, step,
+                        supernet)
 
 
 # ---------------------------------------------------------------- checks
@@ -33,6 +34,7 @@ def check_config(config) -> None:
     raise ValueError(f"unknown method {config.method!r} (config.method); known: "
                      f"{', '.join(step.METHODS)}")
   step.check_alpha_step(config.alpha)
+  accel_step.step_kind(config)
   space = spaces.get_space(config.space)
   spaces.validate(space)
   nb = isinstance(space, spaces.SearchSpace) and space.topology == spaces.NB201_CELL
@@ -127,8 +129,11 @@ def cutout_prob(config, epoch):
   return data.cutout_prob_at(d.cutout_prob, epoch, config.epochs, d.cutout_schedule)
 
 
-def make_train_step(model, config, steps_per_epoch: int, source: data.Source):
-  """`step.make_step` with the search's augmentation (`data.preprocess`): crop and flip,
+def make_train_step(model, config, steps_per_epoch: int, source: data.Source,
+                    platform: str | None = None):
+  """The search step for `platform` (`accel_step.step_for`: `step.make_step` on CPU, the
+  static-phase step on TPU and GPU; default JAX's default backend) with the search's
+  augmentation (`data.preprocess`): crop and flip,
   and with config.data.cutout > 0 a cutout square with the probability of the step's epoch
   (`cutout_prob`: constant by default, as the official scripts run; or ramped from 0), on
   the weights' and alpha's batches alike, as the reference's shared train transform. The
@@ -139,7 +144,8 @@ def make_train_step(model, config, steps_per_epoch: int, source: data.Source):
     prob = cutout_prob(config, state["step"] // steps_per_epoch)
     preprocess = lambda key, images: data.preprocess(
         key, images, source.mean, source.std, d.augment, d.crop_padding, d.cutout, prob)
-    return step.make_step(model, config, steps_per_epoch, preprocess)(state, batch)
+    return accel_step.step_for(model, config, steps_per_epoch, preprocess, platform)(
+        state, batch)
 
   return train_step
 
