@@ -55,8 +55,9 @@ flags.DEFINE_string("topology", "v5e:2x2", "TPU slice, e.g. v5e:2x2, v5e:2x4, v5
 flags.DEFINE_list("programs", [], "Programs to compile (default: all of the config's): "
                   "step, infer, hessian (search); train_step, test_step (evaluation).")
 flags.DEFINE_string("json", "", "Also write the table as JSON to this file.")
-flags.DEFINE_float("effort", -1.0, "XLA's exec_time_optimization_effort in [-1, 1] for the "
-                   "TPU compile (-1: fastest compile; see docs/tpu.md for what it costs).")
+flags.DEFINE_float("effort", 0.0, "XLA's exec_time_optimization_effort in [-1, 1]: 0 (the "
+                   "default) compiles what a run compiles; -1 compiles faster, a program "
+                   "that runs slower and needs more memory (docs/tpu.md).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -335,7 +336,7 @@ def report(verdicts: list[Verdict], chip: Chip, topology: str, chips: int) -> st
   return "\n".join(lines)
 
 
-def check(config, topology: str, programs: list[str], effort: float = -1.0,
+def check(config, topology: str, programs: list[str], effort: float = 0.0,
           log: Callable[[str], None] = print) -> tuple[list[Verdict], Chip, int]:
   """Compile the config's programs for `topology`; (verdicts, chip, chip count).
   CheckError for a bad topology, a missing libtpu, or a program that does not fit."""
