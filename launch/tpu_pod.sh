@@ -13,7 +13,14 @@
 #   --extra=NAME         pip extra to install (default: tpu)
 #   --remote-dir=DIR     where the code lives on the workers (default: sdarts_jax, in $HOME)
 #   --log=FILE           also write the streamed output here (default: runs/tpu_TPU_NAME.log)
+#   --topology=T         the slice's topology for the preflight, e.g. v5e:4x4 (default: from
+#                        the TPU's accelerator type, asked of gcloud)
+#   --no-preflight       skip the preflight
 #   --dry-run            print every command instead of running it
+# Preflight: before anything is created or copied, the config's search step is compiled for
+# the slice's topology on this machine (python -m sdarts_jax.tpu_check, in .venv-tpu, which
+# `make tpu-install` creates once); a config that does not fit a chip stops here with the
+# check's error line (the chip's HBM, what the step needs, the largest batch that fits).
 # The config defaults to configs/cifar10_adv.py. WORKDIR must be storage all hosts share
 # (a gs:// path works with orbax); only process 0 writes metrics, genotypes and TensorBoard.
 # Every process runs `python -m sdarts_jax.main` with SDARTS_DISTRIBUTED=auto, so JAX finds
@@ -24,7 +31,8 @@ set -euo pipefail
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 die() { echo "error: $*" >&2; exit 2; }
 
-dry_run=0 project="" extra=tpu remote_dir=sdarts_jax repo="" commit="" log=""
+dry_run=0 project="" extra=tpu remote_dir=sdarts_jax repo="" commit="" log="" topology=""
+preflight=1
 while [[ $# -gt 0 && $1 == --* ]]; do
   case $1 in
     --dry-run) dry_run=1 ;;
@@ -34,6 +42,8 @@ while [[ $# -gt 0 && $1 == --* ]]; do
     --repo=*) repo=${1#*=} ;;
     --commit=*) commit=${1#*=} ;;
     --log=*) log=${1#*=} ;;
+    --topology=*) topology=${1#*=} ;;
+    --no-preflight) preflight=0 ;;
     --help|-h) usage ;;
     *) die "unknown option $1 (options come before TPU_NAME; see --help)" ;;
   esac
@@ -55,6 +65,33 @@ run() {  # print the command (shell-quoted); run it unless --dry-run
 
 gcloud_tpu=(gcloud compute tpus tpu-vm)
 where=(--zone="$zone" --worker=all ${project:+--project="$project"})
+
+# The topology name of a Cloud TPU accelerator type (v5litepod-16 -> v5e:4x4, v6e-8 ->
+# v6e:2x4, v4-16 -> v4:2x2x2, v5p-8 -> v5p:2x2x1); empty for a type not listed.
+topology_of() {
+  local gen=${1%-*} n=${1##*-}
+  case $gen in
+    v5litepod|v5e|v6e)
+      declare -A flat=([1]=1x1 [4]=2x2 [8]=2x4 [16]=4x4 [32]=4x8 [64]=8x8 [128]=8x16 [256]=16x16)
+      [[ -n ${flat[$n]-} ]] && echo "${gen/v5litepod/v5e}:${flat[$n]}" ;;
+    v4|v5p)  # the count is of TensorCores, two per chip
+      declare -A cube=([8]=2x2x1 [16]=2x2x2 [32]=2x2x4 [64]=2x4x4 [128]=4x4x4 [256]=4x4x8)
+      [[ -n ${cube[$n]-} ]] && echo "$gen:${cube[$n]}" ;;
+  esac
+}
+
+# 0. Preflight: the config's search step compiled for the slice here.
+if [[ $preflight == 1 ]]; then
+  if [[ -z $topology ]]; then
+    type=$(gcloud compute tpus tpu-vm describe "$name" --zone="$zone" ${project:+--project="$project"} \
+      --format='value(acceleratorType)') || die "cannot ask gcloud for $name's accelerator type; pass --topology=T (or --no-preflight)"
+    topology=$(topology_of "$type") || true
+    [[ -n $topology ]] || die "no topology name known for accelerator type '$type'; pass --topology=T (e.g. v5e:4x4) or --no-preflight"
+  fi
+  run make -C "$root" -s tpu-install
+  (cd "$root" && run .venv-tpu/bin/python -m sdarts_jax.tpu_check --topology="$topology" --programs=step "${args[@]}") ||
+    die "preflight: the config does not compile or fit on $topology (above); nothing was created or copied (--no-preflight skips this check)"
+fi
 
 # 1. The code on every worker.
 if [[ -n $repo ]]; then

@@ -39,9 +39,16 @@ def test_scripts_parse_and_name_no_placeholder():
 
 
 def test_tpu_pod_ships_the_working_tree_installs_and_starts_every_worker():
-  commands = dry_run("tpu_pod.sh", "--project=p1", "my-tpu", "us-central2-b", "gs://b/run 1",
-                     "--config.epochs=3", "--config.arch=a b")
-  pack, copy, install, start = commands
+  commands = dry_run("tpu_pod.sh", "--project=p1", "--topology=v5e:4x4", "my-tpu",
+                     "us-central2-b", "gs://b/run 1", "--config.epochs=3", "--config.arch=a b")
+  tpu_venv, preflight, pack, copy, install, start = commands
+  # Preflight first, before anything is packed or copied: the config's step compiled for
+  # the slice's topology here, with the run's own config arguments.
+  assert tpu_venv[:2] == ["make", "-C"] and tpu_venv[-1] == "tpu-install"
+  assert preflight == [".venv-tpu/bin/python", "-m", "sdarts_jax.tpu_check",
+                       "--topology=v5e:4x4", "--programs=step",
+                       "--config=configs/cifar10_adv.py", "--config.epochs=3",
+                       "--config.arch=a b"]
   assert "git ls-files -z --cached --others --exclude-standard" in " ".join(pack)
   assert copy[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "scp"]
   assert copy[6] == "my-tpu:sdarts_jax.tar.gz" and copy[5].endswith(".tar.gz")
@@ -63,13 +70,33 @@ def test_tpu_pod_ships_the_working_tree_installs_and_starts_every_worker():
 
 def test_tpu_pod_clones_a_named_commit_instead():
   commands = dry_run("tpu_pod.sh", "--repo=https://github.com/me/sdarts_jax", "--commit=abc123",
-                     "t", "z", "gs://b/r", "--config=configs/cifar10_rs.py")
+                     "--no-preflight", "t", "z", "gs://b/r", "--config=configs/cifar10_rs.py")
   assert len(commands) == 2 and not any("scp" in c for c in commands)
   steps = " ".join(remote(commands[0]))
   assert "git clone -q https://github.com/me/sdarts_jax sdarts_jax" in steps
   assert "checkout -q abc123" in steps
   assert "--config=configs/cifar10_rs.py" in remote(commands[1])
   assert "--config=configs/cifar10_adv.py" not in remote(commands[1])
+
+
+@pytest.mark.parametrize("accelerator,topology", [("v5litepod-16", "v5e:4x4"),
+                                                   ("v5litepod-8", "v5e:2x4"),
+                                                   ("v6e-8", "v6e:2x4"), ("v4-16", "v4:2x2x2")])
+def test_tpu_pod_preflight_takes_the_topology_from_the_accelerator_type(tmp_path, accelerator,
+                                                                       topology):
+  """Without --topology, the TPU's accelerator type (from `gcloud ... describe`, faked
+  here) names the preflight's topology; a type with no known name is an error."""
+  fake = tmp_path / "gcloud"
+  fake.write_text(f"#!/bin/sh\necho {accelerator}\n")
+  fake.chmod(0o755)
+  env = {"PATH": f"{tmp_path}:{os.environ['PATH']}"}
+  commands = dry_run("tpu_pod.sh", "t", "z", "gs://b/r", env=env)
+  assert f"--topology={topology}" in commands[1]
+  fake.write_text("#!/bin/sh\necho v9x-12\n")
+  out = subprocess.run(["bash", str(LAUNCH / "tpu_pod.sh"), "--dry-run", "t", "z", "w"],
+                       capture_output=True, text=True, timeout=30,
+                       env={**os.environ, **env})
+  assert out.returncode == 2 and "v9x-12" in out.stderr and "--topology" in out.stderr
 
 
 @pytest.mark.parametrize("args", [["t", "z"], ["--repo=x", "t", "z", "w"], ["--bogus", "t", "z", "w"]])
@@ -137,14 +164,21 @@ def fake(directory: pathlib.Path, name: str, script: str) -> None:
 
 def test_tpu_pod_runs_the_commands_it_prints(tmp_path):
   """Not a dry run, from a checkout of its own (tracked, untracked, ignored and deleted
-  files): a stand-in gcloud records its calls, keeps the shipped tarball and runs the
-  remote commands through a shell (with a stand-in python), so the shipped files, the
-  quoting and the streamed, prefixed log are checked end to end."""
+  files): a stand-in gcloud records its calls, names the accelerator type, keeps the
+  shipped tarball and runs the remote commands through a shell (with a stand-in python),
+  so the preflight, the shipped files, the quoting and the streamed, prefixed log are
+  checked end to end; then a preflight that fails stops the launch before anything is
+  copied, with its error line."""
   repo, bin_dir, worker = tmp_path / "repo", tmp_path / "bin", tmp_path / "worker"
-  for d in (repo / "launch", repo / ".venv", bin_dir, worker):
+  for d in (repo / "launch", repo / ".venv", repo / ".venv-tpu" / "bin", bin_dir, worker):
     d.mkdir(parents=True)
   (repo / "launch" / "tpu_pod.sh").write_text((LAUNCH / "tpu_pod.sh").read_text())
-  (repo / ".gitignore").write_text(".venv/\n")
+  (repo / ".gitignore").write_text(".venv/\n.venv-tpu/\n")
+  check = repo / ".venv-tpu" / "bin" / "python"  # the compile check: its words, its verdict
+  check.write_text(f'#!/bin/sh\necho "$*" > {tmp_path}/preflight\n'
+                   f'[ -z "$FAIL" ] || {{ echo "error: step does not fit" >&2; exit 2; }}\n')
+  check.chmod(0o755)
+  fake(bin_dir, "make", f'echo "make $*" >> {tmp_path}/make')
   for name in ("tracked.py", "gone.py"):
     (repo / name).write_text(name)
   git = lambda *a: subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c",
@@ -158,7 +192,8 @@ def test_tpu_pod_runs_the_commands_it_prints(tmp_path):
   fake(bin_dir, "gcloud", f"""
 echo "$*" >> {tmp_path}/calls
 for a in "$@"; do case $a in --command=*) cmd=${{a#--command=}} ;; esac; done
-if [[ $4 == scp ]]; then cp "$5" {worker}/sdarts_jax.tar.gz
+if [[ $4 == describe ]]; then echo v5litepod-16
+elif [[ $4 == scp ]]; then cp "$5" {worker}/sdarts_jax.tar.gz
 else cd {worker} && PATH={bin_dir}:$PATH bash -c "$cmd"; fi
 """)
   fake(bin_dir, "python3", 'mkdir -p .venv/bin && printf \'#!/usr/bin/env bash\\necho "args: $*"\\n'
@@ -178,7 +213,19 @@ else cd {worker} && PATH={bin_dir}:$PATH bash -c "$cmd"; fi
   host = subprocess.run(["hostname"], capture_output=True, text=True).stdout.strip()
   assert log == [f"[{host}] args: -m sdarts_jax.main --workdir=gs://b/r "
                  f"--config=configs/cifar10_adv.py --config.arch=a b", f"[{host}] env: auto"]
-  assert len((tmp_path / "calls").read_text().splitlines()) == 3
+  assert len((tmp_path / "calls").read_text().splitlines()) == 4  # describe, scp, 2 ssh
+  assert (tmp_path / "make").read_text() == f"make -C {repo} -s tpu-install\n"
+  assert (tmp_path / "preflight").read_text().split() == [
+      "-m", "sdarts_jax.tpu_check", "--topology=v5e:4x4", "--programs=step",
+      "--config=configs/cifar10_adv.py", "--config.arch=a", "b"]
+  (tmp_path / "calls").unlink()
+  out = subprocess.run(["bash", str(repo / "launch" / "tpu_pod.sh"), "my-tpu", "z", "gs://b/r"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAIL": "1"})
+  assert out.returncode == 2
+  assert "error: step does not fit" in out.stderr and "nothing was created or copied" in out.stderr
+  assert (tmp_path / "calls").read_text().split()[3] == "describe"  # and nothing after it
+  assert len((tmp_path / "calls").read_text().splitlines()) == 1
 
 
 def test_multihost_gpu_runs_every_host_and_reports_a_failure(tmp_path):
