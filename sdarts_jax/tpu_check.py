@@ -119,14 +119,14 @@ def chip_of(devices) -> Chip:
 @dataclasses.dataclass
 class Program:
   """One compiled function of a run: `lower()` gives its jax Lowered; `per_run` calls in the
-  whole configured run; `batch` its global batch (rows sharded over the chips); `loops` the
-  trip counts of its top-level loops, each over one supernet evaluation (the step's scan
-  over its phases, the Lanczos and Hutchinson loops of HVPs), () for a loop-free program."""
+  whole configured run; `batch` its global batch (rows sharded over the chips);
+  `loop_factor` the work a call does over the work its cost analysis counts (`loop_factor`,
+  `step_loop_factor`), 1 for a loop-free program."""
   name: str
   lower: Callable
   per_run: int
   batch: int
-  loops: tuple[int, ...] = ()
+  loop_factor: float = 1.0
 
 
 def _abstract(tree, sharding):
@@ -159,7 +159,7 @@ def search_programs(config, mesh) -> list[Program]:
   (`search.train_and_evaluate`), on abstract arguments."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from sdarts_jax import data, hessian, parallel, search, step  # pylint: disable=import-outside-toplevel
+  from sdarts_jax import accel_step, data, hessian, parallel, search, step  # pylint: disable=import-outside-toplevel
   search.check_config(config)
   rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   size = 32 if config.data.name != "synthetic" else config.data.image_size
@@ -193,17 +193,16 @@ def search_programs(config, mesh) -> list[Program]:
   h_labels = jax.ShapeDtypeStruct((h.batches, b), jnp.int32, sharding=hshard)
   key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep)
   measured = config.epochs // h.every_epochs if h.every_epochs else 0
-  plan = step.phases(config.method, config.perturb.steps, config.alpha.order, config.alpha.hvp)
   dim = sum(math.prod(a.shape) for a in jax.tree.leaves(state["alpha"]))
   hvps = (min(h.lanczos_iters, dim),) + ((h.trace_samples,) if h.trace_samples else ())
   return [
       Program("step", lambda: train_step.lower(state, batch), config.epochs * spe, b,
-              (len(plan),)),
+              step_loop_factor(config, accel_step.step_kind(config, "tpu"))),
       Program("infer", lambda: infer.lower(state["params"], state["batch_stats"], A, eval_batch),
               epochs_evaluated * math.ceil(alpha_half / b), b),
       Program("hessian", lambda: measure.lower(state["params"], state["batch_stats"],
                                                state["alpha"], h_images, h_labels, key),
-              measured, b, hvps),
+              measured, b, loop_factor(hvps)),
   ]
 
 
@@ -268,11 +267,29 @@ class Verdict:
 
 
 def loop_factor(loops: tuple[int, ...]) -> float:
-  """How many times the cost analysis's figures to count: it counts a while loop's body
-  once (checked: a 10-step fori_loop of a matmul reports one matmul's FLOPs), and in these
-  programs the loop bodies (one supernet evaluation each) are nearly all of the work, so
-  the program costs about (sum of trip counts) / (number of loops) times its figures."""
+  """How many times the cost analysis's figures to count for a program made of loops of
+  equal bodies (the Hessian's Lanczos and Hutchinson loops, one HVP each) with trip counts
+  `loops`: XLA's cost analysis counts a while loop's body once (checked: a 10-step
+  fori_loop of a matmul reports one matmul's FLOPs), and the bodies are nearly all of the
+  work, so the program costs about (sum of trip counts) / (number of loops) times them."""
   return sum(loops) / len(loops) if loops else 1.0
+
+
+# A forward pass alone (the attack's clean and attacked losses) against a forward and a
+# backward pass (every evaluation with gradients), in units of one forward pass.
+FORWARD_ONLY = ("clean", "attacked")
+
+
+def step_loop_factor(config, kind: str) -> float:
+  """The search step's work over what its cost analysis counts (see `loop_factor`), each
+  evaluation weighted 1 (forward only) or 3 (forward and backward): the scan step
+  ("scan") counts one body, a full evaluation; the static step ("static") counts each
+  distinct phase once (the PGD loop's body once for its `steps` iterations)."""
+  from sdarts_jax import step  # pylint: disable=import-outside-toplevel
+  plan = step.phases(config.method, config.perturb.steps, config.alpha.order, config.alpha.hvp)
+  units = lambda phases: sum(1 if p in FORWARD_ONLY else 3 for p in phases)
+  counted = 3 if kind == "scan" else units(dict.fromkeys(plan))
+  return units(plan) / counted
 
 
 def estimate(flops: float, bytes_accessed: float, factor: float, chip: Chip,
@@ -300,7 +317,7 @@ def compile_program(program: Program, chip: Chip, chips: int, effort: float):
             + m.temp_size_in_bytes + m.generated_code_size_in_bytes)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  factor = loop_factor(program.loops)
+  factor = program.loop_factor
   optimal = float(cost.get("optimal_seconds", -1.0))
   flops, accessed = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
   step_s, how = estimate(flops, accessed, factor, chip, optimal)

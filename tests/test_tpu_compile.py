@@ -36,6 +36,19 @@ def test_estimate_counts_loops_and_prefers_valid_compiler_figures():
   assert tpu_check.loop_factor((20, 4)) == 12.0  # two loops, each body counted once
 
 
+def test_step_loop_factor_by_hand():
+  """SDARTS-ADV with 7 PGD steps runs alpha (3 units), clean (1), 7 PGD (3 each), attacked
+  (1), weights (3): 29 units. The scan step's cost analysis counts one full evaluation (3),
+  the static step's each distinct phase once (3 + 1 + 3 + 1 + 3 = 11); DARTS's static step
+  has no loop (alpha and weights, 6 of 6)."""
+  from sdarts_jax import defaults
+  adv, darts = defaults.search_config("adv"), defaults.search_config("darts")
+  assert tpu_check.step_loop_factor(adv, "scan") == pytest.approx(29 / 3)
+  assert tpu_check.step_loop_factor(adv, "static") == pytest.approx(29 / 11)
+  assert tpu_check.step_loop_factor(darts, "static") == 1.0
+  assert tpu_check.step_loop_factor(darts, "scan") == 2.0
+
+
 def test_largest_batch_that_fits_scales_the_temporaries():
   """16 GiB chip; fixed buffers 1 GiB, temporaries 2 GiB for 8 examples (0.25 GiB each):
   15 GiB / 0.25 GiB = 60 examples."""
