@@ -100,6 +100,8 @@ def test_partial_mixed_ops_equal_the_plain_computation(stride):
   got, _ = module.apply(variables, x, weights, True, mutable=["batch_stats"])
   want = plain_partial_mixed_ops(variables, x, weights, stride)
   assert got.shape == want.shape == (2, 8 // stride, 8 // stride, 2, 8)
+  # The same float32 ops, mixed in another order: a few roundings of the outputs' scale
+  # (3.5), so atol=1e-5 is a normwise bound of 3e-6 (50 roundings); observed equal.
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
 
 
@@ -134,6 +136,9 @@ def test_edge_norm_weights_scale_the_edges():
   variables = jax.jit(plain.init)(jax.random.PRNGKey(3), x, A, False)
   forward = jax.jit(lambda model, A: model.apply(variables, x, A, False), static_argnums=0)
   ones = {k: jnp.ones(s) for k, s in shapes.items() if k not in A}
+  # Edge weights of 1 and 0 change no rounding but the order of a few sums: a few roundings
+  # of the logits' scale (0.15), so atol=1e-6 is a normwise bound of 7e-6 (100 roundings,
+  # 100x below a wrong edge weight); observed equal. Likewise below.
   np.testing.assert_allclose(forward(normed, {**A, **ones}), forward(plain, A), rtol=1e-5,
                              atol=1e-6)
   keep = [0, 1, 0, 2]  # per node of the (reduction) cell: the edge kept, the others get 0
