@@ -24,6 +24,7 @@ def test_uniform_gain_is_exact_for_a_quadratic():
   for eps in (0.01, 0.3):
     mean, se = theory.uniform_gain(loss, a, eps, KEY, 4000)
     want = theory.predictions(g, h, eps)["uniform"]
+    # Statistical, on fixed draws: float32 roundings of the samples (1e-9) are 1e-5 of se.
     assert abs(float(mean - want)) < 4 * float(se)
     assert float(se) < 0.05 * float(want)
 
@@ -37,6 +38,8 @@ def test_pgd_gain_matches_taylor_for_small_eps_and_not_for_large(host):
   a = jnp.zeros(5)
   small = theory.pgd_gain(loss, a, 1e-3, 20, host)
   pred = theory.predictions(g, h, 1e-3)
+  # Bounds the Taylor model's error (the quartic term, 1e-9 of the gain), not rounding: the
+  # gain eps |g|_1 (4e-3) is a float32 sum of same-sign terms, a few roundings (1e-7).
   np.testing.assert_allclose(small, pred["pgd_second"], rtol=1e-3)
   big = theory.pgd_gain(loss, a, 3.0, 40, host)
   assert float(big) > 1.5 * float(theory.predictions(g, h, 3.0)["pgd_second"])
