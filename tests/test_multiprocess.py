@@ -188,15 +188,19 @@ def test_two_processes_equal_one_and_resume(tmp_path):
 def check_outputs(tmp_path, config):
   """The 2-process run in tmp_path/two against the 1-process run in tmp_path/one."""
   work = tmp_path / "two"
-  # Same result (alpha within 1e-5, the same genotypes).
+  # Same result (alpha within 1e-5 of its scale, the same genotypes). Normwise: batch sums
+  # split over processes round differently, a few roundings of alpha's scale (2.6e-3;
+  # observed 2e-7 of it). atol=1e-5 was 4e-3 of that scale and up to 0.1 of what the steps
+  # changed (> 1e-4), so an update wrong by 1e-3 passed; now 2.6e-4 of the change at most.
   (s1, a), (s2, b) = final_state(tmp_path / "one", config), final_state(work, config)
   assert s1 == s2 == STEPS
   for cell in a["alpha"]:
-    np.testing.assert_allclose(b["alpha"][cell], a["alpha"][cell], rtol=0, atol=1e-5)
+    scale = np.max(np.abs(np.asarray(a["alpha"][cell])))
+    np.testing.assert_allclose(b["alpha"][cell], a["alpha"][cell], rtol=0, atol=1e-5 * scale)
   model = search.build_model(config, 10)
   init = jax.jit(lambda: search.init_state(model, config, (8, 8, 3), 2))()
   moved = max(float(np.abs(b["alpha"][c] - init["alpha"][c]).max()) for c in init["alpha"])
-  assert moved > 1e-4, moved  # 1e-5 is a tight tolerance for what the steps changed
+  assert moved > 1e-4, moved  # the tolerance above is far below what the steps changed
   for name in ("genotype.json", "genotypes/epoch_001.json", "genotypes/epoch_002.json"):
     assert genotype.load(str(work / name)) == genotype.load(str(tmp_path / "one" / name))
   A = {t: np.asarray(v) for t, v in jax.device_get(step.mixing_weights(b["alpha"])).items()}
