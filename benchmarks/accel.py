@@ -105,12 +105,12 @@ def measure(method: str, args) -> dict:
   import jax
   import numpy as np
 
-  from sdarts_jax import data, step
+  from sdarts_jax import data, scan_step
 
   config, model, state, spe = setup(method, args)
   source = data.synthetic(16, 10, 32, 0)
   preprocess = lambda key, images: data.preprocess(key, images, source.mean, source.std, True)
-  fn = jax.jit(step.make_step(model, config, spe, preprocess), donate_argnums=0)
+  fn = jax.jit(scan_step.make_step(model, config, spe, preprocess), donate_argnums=0)
   rng = np.random.default_rng(0)
   t = time.time()
   lowered = fn.lower(state, random_batch(rng, args.batch))
@@ -178,14 +178,14 @@ def roofline(args) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from sdarts_jax import ops, step
+  from sdarts_jax import ops, step, supernet
 
   config, model, state, spe = setup("darts", args, impl=args.impl)
   evaluate = step.make_evaluate(model)
   x = jnp.zeros((args.batch, 32, 32, 3), jnp.float32)
   y = jnp.zeros((args.batch,), jnp.int32)
   fn = jax.jit(lambda s, x, y: evaluate(s["params"], s["batch_stats"],
-                                        step.mixing_weights(s["alpha"]), x, y, True,
+                                        supernet.mixing_weights(s["alpha"]), x, y, True,
                                         jax.random.PRNGKey(0), ops.ALL_GRADS))
   lowered = fn.lower(state, x, y)
   unoptimised = lowered.cost_analysis()  # before the backend's passes: no fusion, no rewrites

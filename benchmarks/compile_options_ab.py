@@ -32,7 +32,7 @@ def main() -> None:
   import jax
   import numpy as np
 
-  from sdarts_jax import data, defaults, search, step
+  from sdarts_jax import data, defaults, scan_step, search
 
   config = defaults.search_config(args.method)
   config.model.layers, config.model.channels = args.layers, args.channels
@@ -42,7 +42,7 @@ def main() -> None:
   model = search.build_model(config, 10)
   state = jax.jit(lambda: search.init_state(model, config, (32, 32, 3), spe))()
   preprocess = lambda key, images: data.preprocess(key, images, source.mean, source.std, True)
-  fn = jax.jit(step.make_step(model, config, spe, preprocess))
+  fn = jax.jit(scan_step.make_step(model, config, spe, preprocess))
   rng = np.random.default_rng(0)
   n = args.batch
   batch = {"train_image": rng.integers(0, 256, (n, 32, 32, 3), np.uint8),

@@ -33,7 +33,7 @@ def measure(method: str, layers: int, channels: int, batch: int, space: str, ste
   import jax
   import numpy as np
 
-  from sdarts_jax import data, defaults, search, step
+  from sdarts_jax import data, defaults, scan_step, search
 
   config = defaults.search_config(method)
   config.space = space
@@ -44,7 +44,7 @@ def measure(method: str, layers: int, channels: int, batch: int, space: str, ste
   model = search.build_model(config, 10)
   state = jax.jit(lambda: search.init_state(model, config, (32, 32, 3), spe))()
   preprocess = lambda key, images: data.preprocess(key, images, source.mean, source.std, True)
-  fn = jax.jit(step.make_step(model, config, spe, preprocess), donate_argnums=0)
+  fn = jax.jit(scan_step.make_step(model, config, spe, preprocess), donate_argnums=0)
   rng = np.random.default_rng(0)
   batch_of = lambda: {
       "train_image": rng.integers(0, 256, (batch, 32, 32, 3), np.uint8),

@@ -36,7 +36,7 @@ def main() -> None:
   import jax
   import numpy as np
 
-  from sdarts_jax import data, defaults, search, step
+  from sdarts_jax import data, defaults, scan_step, search
 
   source = data.synthetic(16, 10, 32, 0)
   rng = np.random.default_rng(0)
@@ -57,7 +57,7 @@ def main() -> None:
     model = search.build_model(config, 10)
     states[name] = jax.jit(lambda: search.init_state(model, config, (32, 32, 3), spe))()
     t = time.time()
-    compiled[name] = jax.jit(step.make_step(model, config, spe, preprocess)).lower(
+    compiled[name] = jax.jit(scan_step.make_step(model, config, spe, preprocess)).lower(
         states[name], batch_of()).compile()
     compile_s[name] = round(time.time() - t, 1)
     states[name], m = compiled[name](states[name], batch_of())  # warm-up

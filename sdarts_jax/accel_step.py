@@ -1,7 +1,7 @@
 """The first-order search step for TPUs and GPUs: the step of docs/method.md, section 1,
 with static phases.
 
-`step.make_step` runs every supernet evaluation of a step as one iteration of a scan whose
+`scan_step.make_step` runs every supernet evaluation of a step as one iteration of a scan whose
 body holds a single copy of the supernet, with the evaluation's BatchNorm mode and
 gradients chosen at run time: built for XLA:CPU, where each inlined copy of the supernet
 costs about a minute of compilation. On TPU that design costs more than it saves: the
@@ -13,9 +13,9 @@ one `lax.fori_loop`: the supernet appears five times for SDARTS-ADV (alpha step,
 loss, one PGD step, attacked loss, weight step) and twice for DARTS and SDARTS-RS, none of
 them with a conditional.
 
-Same arguments, state, metrics and random numbers as `step.make_step` (every evaluation's
+Same arguments, state, metrics and random numbers as `scan_step.make_step` (every evaluation's
 `noise` key included), which `tests/test_accel_step.py` checks against it. First order
-only: with config.alpha.order = 2 `step_for` returns `step.make_step` on every backend.
+only: with config.alpha.order = 2 `step_for` returns `scan_step.make_step` on every backend.
 """
 from __future__ import annotations
 
@@ -24,13 +24,14 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from sdarts_jax import losses, optim, perturb, step as scan_step
+from sdarts_jax import losses, optim, perturb, scan_step, supernet
+from sdarts_jax.step import METHODS, phases
 
 STEPS = ("auto", "scan", "static")  # config.step: auto = static on TPU/GPU, scan on CPU
 
 
 def step_kind(config, platform: str | None = None) -> str:
-  """"scan" (`step.make_step`) or "static" (`make_static_step`) for config.step on
+  """"scan" (`scan_step.make_step`) or "static" (`make_static_step`) for config.step on
   `platform` (default JAX's default backend); the second order always runs the scan."""
   kind = config.get("step", "auto")
   if kind not in STEPS:
@@ -47,16 +48,16 @@ def step_for(model, config, steps_per_epoch: int, preprocess, platform: str | No
 
 
 def make_static_step(model, config, steps_per_epoch: int, preprocess):
-  """step(state, batch) -> (state, metrics), pure, as `step.make_step` (first order)."""
+  """step(state, batch) -> (state, metrics), pure, as `scan_step.make_step` (first order)."""
   method, pgd = config.method, config.perturb
-  if method not in scan_step.METHODS:
-    raise ValueError(f"unknown method {method!r} (config.method); known: {scan_step.METHODS}")
+  if method not in METHODS:
+    raise ValueError(f"unknown method {method!r} (config.method); known: {METHODS}")
   if config.alpha.order != 1:
-    raise ValueError("make_static_step is first order; the second order runs step.make_step")
+    raise ValueError("make_static_step is first order; the second order runs scan_step.make_step")
   a_opt = optim.alpha_optimizer(config.alpha)
   w_opt = optim.weight_optimizer(config.weights, config.epochs, steps_per_epoch)
   lr_of = optim.weight_lr(config.weights, config.epochs, steps_per_epoch)
-  plan = scan_step.phases(method, pgd.steps)  # each evaluation's noise key is its index here
+  plan = phases(method, pgd.steps)  # each evaluation's noise key is its index here
 
   def step(state, batch):
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), state["step"])
@@ -76,12 +77,12 @@ def make_static_step(model, config, steps_per_epoch: int, preprocess):
 
     # 1. Alpha step: Adam on the validation loss (BatchNorm in train mode).
     (val_loss, (val_acc, stats)), g_alpha = jax.value_and_grad(
-        lambda a: loss(params, stats, scan_step.mixing_weights(a), xv, yv, True, 0),
+        lambda a: loss(params, stats, supernet.mixing_weights(a), xv, yv, True, 0),
         has_aux=True)(state["alpha"])
     updates, alpha_opt = a_opt.update(g_alpha, state["a_opt"], state["alpha"])
     alpha = optax.apply_updates(state["alpha"], updates)
     # 2-3. The mixing weights of the weight step, perturbed.
-    A = scan_step.mixing_weights(alpha)
+    A = supernet.mixing_weights(alpha)
     extra = {}
     if method == "rs":
       A = perturb.random_start(k_perturb, A, eps)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from sdarts_jax import losses, ops, parallel, step
+from sdarts_jax import losses, ops, parallel, supernet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +54,7 @@ def make_loss(model, options: HessianLoss, params, batch_stats, alpha, images, l
   if options.wrt not in ("alpha", "A"):
     raise ValueError(f"wrt={options.wrt!r}; use 'alpha' or 'A'")
   model = model.clone(impl=ops.autodiff_impl(model.impl))  # forward mode needs JAX's rules
-  point = alpha if options.wrt == "alpha" else step.mixing_weights(alpha)
+  point = alpha if options.wrt == "alpha" else supernet.mixing_weights(alpha)
   x0, unravel = ravel_pytree(point)
 
   def batch_loss(A, xb, yb):
@@ -64,7 +64,7 @@ def make_loss(model, options: HessianLoss, params, batch_stats, alpha, images, l
 
   def loss(x):
     tree = unravel(x)
-    A = step.mixing_weights(tree) if options.wrt == "alpha" else tree
+    A = supernet.mixing_weights(tree) if options.wrt == "alpha" else tree
     # vmap, not lax.map: convolutions inside a compiled loop are slow on XLA:CPU.
     batch_losses = jax.vmap(lambda xb, yb: batch_loss(A, xb, yb))(images, labels)
     return jnp.mean(batch_losses) + 0.5 * options.weight_decay * jnp.sum(x * x)

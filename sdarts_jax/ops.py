@@ -49,7 +49,7 @@ IMPLS = ("fused", "fused_autodiff", "grouped")
 # What the backward pass of a convolution computes (`need`, a traced int32 scalar): nothing
 # (the step wants a loss alone), the gradient of its input (enough for the gradient of the
 # mixing weights A), or the gradients of its input and its kernel. The step sets it per
-# supernet evaluation (`sdarts_jax.step`), so the alpha step and the PGD attack skip the
+# supernet evaluation (`sdarts_jax.scan_step`), so the alpha step and the PGD attack skip the
 # weight gradients they do not use and the clean and attacked losses skip the backward
 # convolutions, while one compiled supernet serves every evaluation. Only the "fused" path
 # (the written-out backward pass) reads it; the others always compute everything.

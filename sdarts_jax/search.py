@@ -3,7 +3,8 @@
 `train_and_evaluate(config, workdir)` runs a whole search and is what `main.py` calls.
 It reads top to bottom: checks, mesh, data, model and state, compiled functions,
 checkpoint, then the loop that evaluation training shares (`sdarts_jax.loop`) with the
-search's end of an epoch (`EpochReport`). The step itself lives in `sdarts_jax.step`.
+search's end of an epoch (`EpochReport`). The step itself is defined in `sdarts_jax.step`
+and compiled by `sdarts_jax.scan_step` (CPU) or `sdarts_jax.accel_step` (TPU/GPU).
 """
 from __future__ import annotations
 
@@ -26,13 +27,7 @@ from sdarts_jax import (accel_step, checkpoint, data, genotype, hessian, loop, l
 
 def check_config(config) -> None:
   """One clear ValueError for configuration mistakes, before anything is loaded or compiled."""
-  if config.method == "darts2":
-    raise ValueError("config.method=darts2: second-order DARTS is method darts with "
-                     "config.alpha.order=2 (--config.method=darts --config.alpha.order=2, or "
-                     "the config argument method=darts2, as in configs/cifar10_darts2.py)")
-  if config.method not in step.METHODS:
-    raise ValueError(f"unknown method {config.method!r} (config.method); known: "
-                     f"{', '.join(step.METHODS)}")
+  step.check_method(config.method)
   step.check_alpha_step(config.alpha)
   accel_step.step_kind(config)
   space = spaces.get_space(config.space)
@@ -113,7 +108,7 @@ def init_state(model, config, image_shape, steps_per_epoch: int) -> dict:
            for (name, shape), k in zip(shapes.items(), jax.random.split(k_alpha, len(shapes)))}
   x = jnp.zeros((2,) + tuple(image_shape), jnp.float32)
   variables = model.init({"params": k_params, "noise": k_noise}, x,
-                         step.mixing_weights(alpha), False)
+                         supernet.mixing_weights(alpha), False)
   w_opt = optim.weight_optimizer(config.weights, config.epochs, steps_per_epoch)
   return {"params": variables["params"], "batch_stats": variables["batch_stats"],
           "alpha": alpha, "w_opt": w_opt.init(variables["params"]),
@@ -131,7 +126,7 @@ def cutout_prob(config, epoch):
 
 def make_train_step(model, config, steps_per_epoch: int, source: data.Source,
                     platform: str | None = None):
-  """The search step for `platform` (`accel_step.step_for`: `step.make_step` on CPU, the
+  """The search step for `platform` (`accel_step.step_for`: `scan_step.make_step` on CPU, the
   static-phase step on TPU and GPU; default JAX's default backend) with the search's
   augmentation (`data.preprocess`): crop and flip,
   and with config.data.cutout > 0 a cutout square with the probability of the step's epoch
@@ -300,7 +295,7 @@ class EpochReport:
   def __call__(self, state, epoch: int, done: int, means: dict, seconds: float) -> dict:
     """The epoch's record (epoch counts from 0; done: steps done)."""
     config, writer, workdir, eval_source = self.config, self.writer, self.workdir, self.eval_source
-    A_dev = step.mixing_weights(state["alpha"])
+    A_dev = supernet.mixing_weights(state["alpha"])
     A = jax.device_get(A_dev)
     geno = genotype.derive(A, self.model.space)
     record = dict(means, epoch=epoch + 1, seconds=seconds)

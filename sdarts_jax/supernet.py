@@ -21,10 +21,17 @@ which gradients a backward pass through the convolutions must compute. Spaces wi
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from jax import lax
 
 from sdarts_jax import nb101, ops, spaces
+
+
+def mixing_weights(alpha):
+  """A = softmax(alpha) per edge row: the continuous relaxation, what the supernets take.
+  alpha: a pytree of [edges, ops] arrays (`model.alpha_shapes()`); A has its shapes."""
+  return jax.tree.map(lambda a: jax.nn.softmax(a, axis=-1), alpha)
 
 
 def mixed_nodes(states, topology: spaces.Topology, edge_ops, weights, strides, impl: str,

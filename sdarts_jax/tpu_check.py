@@ -159,7 +159,7 @@ def search_programs(config, mesh) -> list[Program]:
   (`search.train_and_evaluate`), on abstract arguments."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from sdarts_jax import accel_step, data, hessian, parallel, search, step  # pylint: disable=import-outside-toplevel
+  from sdarts_jax import accel_step, data, hessian, parallel, search, supernet  # pylint: disable=import-outside-toplevel
   search.check_config(config)
   rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   size = 32 if config.data.name != "synthetic" else config.data.image_size
@@ -178,7 +178,7 @@ def search_programs(config, mesh) -> list[Program]:
            "val_label": labels(b)}
   train_step = jax.jit(search.make_train_step(model, config, spe, source, "tpu"),
                        in_shardings=(rep, shard), out_shardings=(rep, rep), donate_argnums=0)
-  A = _abstract(jax.eval_shape(step.mixing_weights, state["alpha"]), rep)
+  A = _abstract(jax.eval_shape(supernet.mixing_weights, state["alpha"]), rep)
   eval_batch = {"image": images(b), "label": labels(b),
                 "valid": jax.ShapeDtypeStruct((b,), jnp.bool_, sharding=shard)}
   infer = jax.jit(search.make_infer(model, source, config.seed),

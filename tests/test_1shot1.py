@@ -15,7 +15,7 @@ from jax.flatten_util import ravel_pytree
 
 from conftest import final_state, override, sigterm_after
 from sdarts_jax import (defaults, genotype, hessian, metrics, nb101, oneshot1, parallel, run,
-                        search, spaces, step, supernet)
+                        search, spaces, supernet)
 
 KEY = jax.random.PRNGKey(0)
 CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "1shot1_search.py"
@@ -29,7 +29,7 @@ def _tiny_model(name: str, layers: int = 3) -> supernet.OneShot1Supernet:
 def _random_A(space: spaces.OneShot1Space, key):
   shapes = space.alpha_shapes()
   keys = jax.random.split(key, len(shapes))
-  return step.mixing_weights({k: jax.random.normal(kk, s)
+  return supernet.mixing_weights({k: jax.random.normal(kk, s)
                               for (k, s), kk in zip(shapes.items(), keys)})
 
 
@@ -148,7 +148,7 @@ def test_hessian_on_the_one_shot_model_matches_jax_hessian():
            for i, (k, s) in enumerate(model.space.alpha_shapes().items())}
   x = jax.random.normal(jax.random.PRNGKey(4), (1, 4, 8, 8, 3))
   y = jnp.array([[0, 1, 2, 3]])
-  variables = model.init(KEY, x[0], step.mixing_weights(alpha), False)
+  variables = model.init(KEY, x[0], supernet.mixing_weights(alpha), False)
   options = hessian.HessianLoss(train_bn=True, weight_decay=1e-3)
   with jax.enable_x64(True):
     f64 = lambda t: jax.tree.map(lambda a: a.astype(jnp.float64), t)

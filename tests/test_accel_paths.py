@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from sdarts_jax import data, hessian, ops, parallel, search, step
+from sdarts_jax import data, hessian, ops, parallel, scan_step, search
 
 KEY = jax.random.PRNGKey(0)
 CONV_OPS = ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5", "nor_conv_1x1",
@@ -85,7 +85,7 @@ def test_search_step_grouped_equals_fused(method):
     assert model.impl == impl
     state = jax.jit(lambda: search.init_state(model, config, source.images.shape[1:], 4))()
     preprocess = lambda k, im: data.preprocess(k, im, source.mean, source.std, True)
-    outs[impl] = jax.jit(step.make_step(model, config, 4, preprocess))(state, batches.batch(0, 0))
+    outs[impl] = jax.jit(scan_step.make_step(model, config, 4, preprocess))(state, batches.batch(0, 0))
   (s_f, m_f), (s_g, m_g) = outs["fused"], outs["grouped"]
   # Metrics are losses, accuracies and schedule values (each its own leaf, so normwise is
   # relative); the losses are means of positive per-example terms: well conditioned, a few

@@ -1,5 +1,5 @@
 """The static-phase step (`accel_step.make_static_step`, the TPU/GPU default) against the
-scan step (`step.make_step`, the CPU default, itself tested against the plain definition in
+scan step (`scan_step.make_step`, the CPU default, itself tested against the plain definition in
 test_step.py): from the same state and batch, the same new state and metrics, for DARTS,
 SDARTS-RS and SDARTS-ADV."""
 import jax
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_close_normwise, tiny_config
-from sdarts_jax import accel_step, data, search, step
+from sdarts_jax import accel_step, data, scan_step, search
 
 
 @pytest.mark.parametrize("method", ["darts", "rs", "adv"])
@@ -19,7 +19,7 @@ def test_static_step_equals_scan_step(method):
   state = jax.jit(lambda: search.init_state(model, config, source.images.shape[1:], 4))()
   preprocess = lambda k, im: data.preprocess(k, im, source.mean, source.std, True)
   batch = batches.batch(0, 1)
-  s_scan, m_scan = jax.jit(step.make_step(model, config, 4, preprocess))(state, batch)
+  s_scan, m_scan = jax.jit(scan_step.make_step(model, config, 4, preprocess))(state, batch)
   s_static, m_static = jax.jit(accel_step.make_static_step(model, config, 4, preprocess))(
       state, batch)
   assert set(m_static) == set(m_scan)

@@ -38,7 +38,7 @@ import numpy as np
 import optax
 import pytest
 
-from sdarts_jax import defaults, losses, optim, perturb, search, spaces, step
+from sdarts_jax import defaults, losses, optim, perturb, scan_step, search, spaces, supernet
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
 FORWARD = ["s5"]  # spaces with a forward-pass fixture
@@ -308,7 +308,7 @@ def identity_preprocess(key, images):
 @functools.lru_cache(maxsize=None)
 def step_fn(space: str, method: str):
   fx = fixture(space)
-  return jax.jit(step.make_step(model_of(space), config_of(space, method),
+  return jax.jit(scan_step.make_step(model_of(space), config_of(space, method),
                                 int(fx["meta/steps_per_epoch"]), identity_preprocess))
 
 
@@ -388,7 +388,7 @@ def test_jax_draws_are_the_noise_fed_to_the_official_code(space, method):
   start = int(fx["meta/epoch"]) * spe
   for t in range(fx[f"{method}/noise/normal"].shape[0]):
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), start + t)
-    k_perturb = jax.random.split(key, 4)[2]  # as step.make_step splits it
+    k_perturb = jax.random.split(key, 4)[2]  # as scan_step.make_step splits it
     eps = optim.eps_at(jnp.int32(start + t), config.perturb, config.epochs, spe)
     np.testing.assert_allclose(eps, fx[f"{method}/eps"], rtol=1e-7)
     A = {t_: jnp.zeros(fx[f"alpha/{t_}"].shape) for t_ in spaces.CELL_TYPES}
@@ -454,7 +454,7 @@ def test_official_unrolled_alpha_step():
   momentum = official_to_flax(unpack(fx, fx["darts/momentum"], "params"), "s1",
                               int(fx["meta/layers"]))["params"]
   start = dict(start, w_opt=optax.tree_utils.tree_set(start["w_opt"], trace=momentum))
-  fn = jax.jit(step.make_step(model_of("s1"), config, spe, identity_preprocess))
+  fn = jax.jit(scan_step.make_step(model_of("s1"), config, spe, identity_preprocess))
   with full_precision():
     state, metrics = fn(start, batch_of(fx, 0))
   np.testing.assert_allclose(metrics["lr"], ux["unrolled/lr"], rtol=1e-6)
@@ -472,11 +472,11 @@ def test_official_unrolled_alpha_step():
 def test_mixing_weights_of_the_weight_step_equal_the_official(space, method):
   """The A the official weight step used (its softmax of alpha, plus for RS the fed noise
   and its clamp-and-renormalise), at every step, from the official alpha after that step's
-  update: `step.mixing_weights` and `perturb.clip` applied to the same numbers give it.
+  update: `supernet.mixing_weights` and `perturb.clip` applied to the same numbers give it.
   (ADV's A comes out of PGD's gradients: test_search_steps checks its effect.)"""
   fx = fixture(space)
   for t in range(fx[f"{method}/train_loss"].shape[0]):
-    A = step.mixing_weights({c: jnp.asarray(fx[f"{method}/alpha/{c}"][t])
+    A = supernet.mixing_weights({c: jnp.asarray(fx[f"{method}/alpha/{c}"][t])
                              for c in spaces.CELL_TYPES})
     if method == "rs":
       A = perturb.clip({c: A[c] + fx[f"rs/noise/{c}"][t] for c in spaces.CELL_TYPES})

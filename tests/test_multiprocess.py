@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from conftest import tiny_config
-from sdarts_jax import checkpoint, genotype, search, step
+from sdarts_jax import checkpoint, genotype, search, supernet
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The search: tiny_config's model and data, 2 epochs of 2 steps, no evaluation pass.
@@ -203,7 +203,7 @@ def check_outputs(tmp_path, config):
   assert moved > 1e-4, moved  # the tolerance above is far below what the steps changed
   for name in ("genotype.json", "genotypes/epoch_001.json", "genotypes/epoch_002.json"):
     assert genotype.load(str(work / name)) == genotype.load(str(tmp_path / "one" / name))
-  A = {t: np.asarray(v) for t, v in jax.device_get(step.mixing_weights(b["alpha"])).items()}
+  A = {t: np.asarray(v) for t, v in jax.device_get(supernet.mixing_weights(b["alpha"])).items()}
   assert genotype.derive(A, model.space) == genotype.load(str(work / "genotype.json"))
 
   # Only process 0 writes, each record once; the records equal the 1-process run's, the

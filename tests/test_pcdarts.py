@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import final_state, override
-from sdarts_jax import genotype, metrics, ops, search, spaces, step, supernet
+from sdarts_jax import genotype, metrics, ops, search, spaces, supernet
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -130,7 +130,7 @@ def test_edge_norm_weights_scale_the_edges():
   shapes = normed.alpha_shapes()
   assert {k: s for k, s in shapes.items() if k not in space.cell_types} == {
       f"{t}_edges_{i}": (1, 2 + i) for t in spaces.CELL_TYPES for i in range(4)}
-  A = step.mixing_weights({t: jax.random.normal(jax.random.PRNGKey(i), (14, 3))
+  A = supernet.mixing_weights({t: jax.random.normal(jax.random.PRNGKey(i), (14, 3))
                            for i, t in enumerate(space.cell_types)})
   x = jax.random.normal(jax.random.PRNGKey(2), (2, 8, 8, 3))
   variables = jax.jit(plain.init)(jax.random.PRNGKey(3), x, A, False)

@@ -22,7 +22,8 @@ import optax
 import pytest
 
 from conftest import override, tiny_config
-from sdarts_jax import data, losses, ops, optim, search, spaces, step, supernet, unrolled
+from sdarts_jax import (data, losses, ops, optim, scan_step, search, spaces, step, supernet,
+                        unrolled)
 
 SPE = 4  # steps per epoch used by the schedules
 EDGES = (("skip_connect", "sep_conv_3x3"),) + (("none", "skip_connect"),) * 13
@@ -88,7 +89,7 @@ def first_step64(channels=8) -> dict:
       lr=float(optim.weight_lr(config.weights, config.epochs, SPE)(state["step"])))
   with jax.enable_x64(True):
     s, train, val, lr = out["state"], out["train"], out["val"], out["lr"]
-    w, stats, A = s["params"], s["batch_stats"], step.mixing_weights(s["alpha"])
+    w, stats, A = s["params"], s["batch_stats"], supernet.mixing_weights(s["alpha"])
     buf, all_grads = unrolled.momentum_buffer(s["w_opt"]), jnp.int32(ops.ALL_GRADS)
     evaluate = jax.jit(step.make_evaluate(model))
     ev_train = evaluate(w, stats, A, *train, True, KEY, all_grads)
@@ -131,7 +132,7 @@ def test_central_difference_approaches_the_exact_product():
   s, v, hvp = p["state"], p["v"], p["hvp"]
   errors = []
   with jax.enable_x64(True):
-    args = (s["batch_stats"], step.mixing_weights(s["alpha"]), *p["train"], True, KEY,
+    args = (s["batch_stats"], supernet.mixing_weights(s["alpha"]), *p["train"], True, KEY,
             jnp.int32(ops.INPUT_GRADS))
     for r in (1e-2, 1e-3, 1e-4, 1e-5):
       radius = unrolled.fd_radius(v, r)
@@ -153,7 +154,7 @@ def plain_second_order_step(config, p: dict) -> dict:
   or of H v); the weight step at the new A."""
   @jax.jit
   def alpha_step(grad_A, alpha, a_opt):
-    g_alpha = jax.vjp(step.mixing_weights, alpha)[1](grad_A)[0]
+    g_alpha = jax.vjp(supernet.mixing_weights, alpha)[1](grad_A)[0]
     upd, a_opt = optim.alpha_optimizer(config.alpha).update(g_alpha, a_opt, alpha)
     return optax.apply_updates(alpha, upd), a_opt
 
@@ -164,10 +165,10 @@ def plain_second_order_step(config, p: dict) -> dict:
     return optax.apply_updates(w, upd), w_opt
 
   s, train, all_grads = p["state"], p["train"], jnp.int32(ops.ALL_GRADS)
-  w, A = s["params"], step.mixing_weights(s["alpha"])
+  w, A = s["params"], supernet.mixing_weights(s["alpha"])
   alpha, a_opt = alpha_step(p["straight"], s["alpha"], s["a_opt"])
   stats = p["evaluate"](w, s["batch_stats"], A, *train, True, KEY, all_grads).batch_stats
-  ev = p["evaluate"](w, stats, step.mixing_weights(alpha), *train, True, KEY, all_grads)
+  ev = p["evaluate"](w, stats, supernet.mixing_weights(alpha), *train, True, KEY, all_grads)
   params, w_opt = weight_step(ev.grad_params, s["w_opt"], w)
   return dict(params=params, batch_stats=ev.batch_stats, alpha=alpha, a_opt=a_opt,
               w_opt=w_opt)
@@ -180,7 +181,7 @@ def test_darts2_step_equals_plain_second_order_update():
   config, model, state, batches, preprocess = setup()
   assert step.phases(config.method, config.perturb.steps, config.alpha.order,
                      config.alpha.hvp) == ("unroll", "unrolled_val", "hvp", "weights")
-  got, metrics = jax.jit(step.make_step(model, config, SPE, preprocess))(
+  got, metrics = jax.jit(scan_step.make_step(model, config, SPE, preprocess))(
       state, batches.batch(0, 0))
   with jax.enable_x64(True):
     want = jax.device_get(plain_second_order_step(config, first_step64()))
@@ -207,7 +208,7 @@ def test_second_order_rs_and_adv_steps_equal_plain_reference(method):
   config = override(base.copy_and_resolve_references(), {"method": method})
   assert step.phases(method, config.perturb.steps, 2)[:3] == ("unroll", "unrolled_val", "hvp")
   batch = batches.batch(0, 0)
-  got, metrics = jax.jit(step.make_step(model, config, SPE, preprocess))(state, batch)
+  got, metrics = jax.jit(scan_step.make_step(model, config, SPE, preprocess))(state, batch)
   # float32 like the step: in float64 the RS noise and PGD's random start would be other
   # draws.
   want, _, clean = jax.jit(step.plain_step(model, config, SPE, preprocess))(state, batch)

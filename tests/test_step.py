@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import assert_close_normwise, tiny_config
-from sdarts_jax import data, genotype, losses, parallel, perturb, search, step
+from sdarts_jax import (data, genotype, losses, parallel, perturb, scan_step, search, step,
+                        supernet)
 
 SPE = 4  # steps per epoch used by the schedules
 
@@ -29,7 +30,7 @@ def setup(method):
 @functools.lru_cache(maxsize=None)
 def compiled_step(method):
   config, model, _, _, preprocess = setup(method)
-  return jax.jit(step.make_step(model, config, SPE, preprocess))
+  return jax.jit(scan_step.make_step(model, config, SPE, preprocess))
 
 
 @functools.lru_cache(maxsize=None)
@@ -80,7 +81,7 @@ def test_pgd_raises_the_loss_over_its_random_starts():
   config, _, state, batches, preprocess = setup("adv")
   loss, grad = inference_loss()
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-  A, eps, n = step.mixing_weights(state["alpha"]), 0.3, config.perturb.steps
+  A, eps, n = supernet.mixing_weights(state["alpha"]), 0.3, config.perturb.steps
   gains = []
   for b in range(3):
     batch = batches.batch(0, b)
@@ -106,10 +107,10 @@ def test_attack_sees_inference_batchnorm():
   params = state["params"]
   _, after_alpha_step = model.apply(
       {"params": params, "batch_stats": state["batch_stats"]}, xv,
-      step.mixing_weights(state["alpha"]), True, mutable=["batch_stats"],
+      supernet.mixing_weights(state["alpha"]), True, mutable=["batch_stats"],
       rngs={"noise": jax.random.PRNGKey(0)})
   variables = {"params": params, "batch_stats": after_alpha_step["batch_stats"]}
-  A = step.mixing_weights(new_state["alpha"])
+  A = supernet.mixing_weights(new_state["alpha"])
   want = inference_loss()[0](variables, A, x, batch["train_label"])
   np.testing.assert_allclose(metrics["clean_loss"], want, rtol=1e-5)  # as above (observed 0)
   train_bn = losses.cross_entropy(model.apply(variables, x, A, True, mutable=["batch_stats"],
@@ -140,7 +141,7 @@ def test_one_and_four_devices_agree():
   for n in (1, 4):
     mesh = parallel.make_mesh(n)
     rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-    fn = jax.jit(step.make_step(model, config, SPE, preprocess), in_shardings=(rep, shard),
+    fn = jax.jit(scan_step.make_step(model, config, SPE, preprocess), in_shardings=(rep, shard),
                  out_shardings=(rep, rep))
     s = jax.device_put(state, rep)
     for i in range(3):
@@ -150,6 +151,6 @@ def test_one_and_four_devices_agree():
   # below 1e-5 vacuous): batch sums split over 4 devices, 3 steps; observed 4.3e-6 of the
   # leaf at most; 1e-4 leaves 23x and is 10x below a missing cross-device reduction.
   assert_close_normwise(results[0], results[1], 1e-4)
-  genos = [genotype.derive(jax.device_get(step.mixing_weights(r["alpha"])), model.space)
+  genos = [genotype.derive(jax.device_get(supernet.mixing_weights(r["alpha"])), model.space)
            for r in results]
   assert genos[0] == genos[1]

@@ -3,14 +3,14 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from sdarts_jax import spaces, step, supernet
+from sdarts_jax import spaces, supernet
 
 
 def _A(space, key=None):
   shape = space.alpha_shape()
   if key is None:
     return {t: jnp.full(shape, 1 / space.num_ops) for t in spaces.CELL_TYPES}
-  return step.mixing_weights({t: jax.random.normal(k, shape)
+  return supernet.mixing_weights({t: jax.random.normal(k, shape)
                               for t, k in zip(spaces.CELL_TYPES, jax.random.split(key))})
 
 

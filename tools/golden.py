@@ -181,7 +181,7 @@ def import_official(ref: str):
 def jax_uniform_noise(step: int, num_ops: int, eps: float) -> list[np.ndarray]:
   """The U(-eps, eps) noise the JAX step draws at `step` (RS noise, PGD random start):
   key = fold_in(PRNGKey(seed), step), split in 4, the third for the perturbation, as
-  `sdarts_jax.step.make_step` does; then `perturb.uniform_noise`. [normal, reduce]."""
+  `sdarts_jax.scan_step.make_step` does; then `perturb.uniform_noise`. [normal, reduce]."""
   import jax
   import jax.numpy as jnp
   from sdarts_jax import perturb

@@ -55,5 +55,5 @@ def open_run(workdir: str) -> Run:
 
 
 def mixing_weights(state: dict) -> dict:
-  from sdarts_jax import step
-  return jax.device_get(step.mixing_weights(state["alpha"]))
+  from sdarts_jax import supernet
+  return jax.device_get(supernet.mixing_weights(state["alpha"]))
