@@ -212,9 +212,12 @@ def test_second_order_rs_and_adv_steps_equal_plain_reference(method):
   # float32 like the step: in float64 the RS noise and PGD's random start would be other
   # draws.
   want, _, clean = jax.jit(step.plain_step(model, config, SPE, preprocess))(state, batch)
+  # Per leaf, normwise, as in test_darts2_step_equals_plain_second_order_update (atol=2e-6
+  # made the leaves below 1e-5, down to Adam's 7e-15, vacuous): observed 4.7e-7 of the
+  # leaf at most; bound 5e-5. The clean loss is a mean of positive terms: rtol.
   for name in ("params", "batch_stats", "alpha", "a_opt", "w_opt"):
     for a, b in zip(jax.tree.leaves(got[name]), jax.tree.leaves(want[name])):
-      np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6, err_msg=name)
+      np.testing.assert_allclose(a, b, rtol=0, atol=5e-5 * np.max(np.abs(b)), err_msg=name)
   if method == "adv":
     np.testing.assert_allclose(metrics["clean_loss"], clean, rtol=1e-5)
 
