@@ -178,7 +178,7 @@ def roofline(args) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from sdarts_jax import ops, step, supernet
+  from sdarts_jax import kernels, step, supernet
 
   config, model, state, spe = setup("darts", args, impl=args.impl)
   evaluate = step.make_evaluate(model)
@@ -186,7 +186,7 @@ def roofline(args) -> dict:
   y = jnp.zeros((args.batch,), jnp.int32)
   fn = jax.jit(lambda s, x, y: evaluate(s["params"], s["batch_stats"],
                                         supernet.mixing_weights(s["alpha"]), x, y, True,
-                                        jax.random.PRNGKey(0), ops.ALL_GRADS))
+                                        jax.random.PRNGKey(0), kernels.Need.ALL_GRADS))
   lowered = fn.lower(state, x, y)
   unoptimised = lowered.cost_analysis()  # before the backend's passes: no fusion, no rewrites
   t = time.time()

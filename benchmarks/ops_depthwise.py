@@ -2,7 +2,7 @@
 convolution backward pass inside a loop (JAX's rules vs `ops.conv`'s written-out ones), the
 kernel gradient as one convolution (batch C, features N) vs one matrix multiply per tap, and
 the dense kernel vs shifted multiply-adds inside a `lax.scan` at each `need` (the numbers
-behind `ops._shifted_is_faster`).
+behind `ops.IMPLEMENTATIONS`' shifted_from).
 
   python benchmarks/ops_depthwise.py [--batch=64 --size=32 --channels=16 --edges=4]
 
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from sdarts_jax import ops
+from sdarts_jax import kernels, ops
 
 
 def timed(fn, *args) -> float:
@@ -51,7 +51,7 @@ def main() -> None:
       row.append(f"{impl}: fwd {timed(f, x, dw, pw):7.1f} fwd+bwd {timed(g, x, dw, pw):7.1f}")
     print(f"k={k} dilation={dilation} edges={a.edges}: " + " | ".join(row), flush=True)
   w = jax.random.normal(key, (3, 3, a.channels, a.channels))
-  for name, conv in (("jax rules", lambda x, w: ops._lax_conv(x, w, 1, 1)),
+  for name, conv in (("jax rules", lambda x, w: kernels.lax_conv(x, w, 1, 1)),
                      ("ops.conv", lambda x, w: ops.conv(x, w))):
     grad = jax.grad(lambda w, x: jnp.sum(conv(x, w) ** 2), argnums=(0, 1))
     once = lambda x, w: grad(w, x)
@@ -65,7 +65,7 @@ def main() -> None:
   for k, dilation in ((3, 1), (5, 1), (3, 2), (5, 2)):
     w = jax.random.normal(key, (k, k, a.channels, a.edges * a.channels))
     row = []
-    for name, need in (("taps (ops.conv)", ops.ALL_GRADS), ("dx only", ops.INPUT_GRADS)):
+    for name, need in (("taps (ops.conv)", kernels.Need.ALL_GRADS), ("dx only", kernels.Need.INPUT_GRADS)):
       vjp = lambda x, w, g, need=need: jax.vjp(
           lambda x, w: ops.conv(x, w, dilation=dilation, need=need), x, w)[1](g)
       loop = lambda x, w, g, vjp=vjp: lax.fori_loop(  # both results used: nothing is pruned
@@ -84,8 +84,8 @@ def main() -> None:
     pw = jax.random.normal(key, (a.edges, a.channels, a.channels))
     row = []
     for name, sep in (("dense", lambda *v: _dense_separable(*v, stride, dilation)),
-                      ("shifted", lambda *v: ops._separable_shifted(*v, stride, dilation))):
-      for need in (ops.INPUT_GRADS, ops.ALL_GRADS):
+                      ("shifted", lambda *v: kernels.separable_shifted(*v, stride, dilation))):
+      for need in (kernels.Need.INPUT_GRADS, kernels.Need.ALL_GRADS):
         row.append(f"{name} need={need} {timed(_in_scan(sep), x, dw, pw, jnp.int32(need)) / 4:6.1f}")
     print(f"separable {k}x{k} dilation {dilation} stride {stride}, {a.edges} edges, forward and "
           "backward, ms per iteration of a scan: " + " | ".join(row), flush=True)

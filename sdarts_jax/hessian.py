@@ -87,9 +87,9 @@ def fori_loop(num: int, body: Callable, carry, args, host: bool):
   same loop driven from Python over one compiled body.
 
   XLA:CPU leaves the convolutions of JAX's derivative rules un-canonicalised inside
-  compiled loops, where they run 3-30x slower (see `ops.conv`), and forward-mode autodiff
-  cannot use `ops.conv`'s written-out backward pass. So on CPU the HVP loops run on the
-  host; each iteration is one call of a body compiled once. `body` must be a stable
+  compiled loops, where they run 3-30x slower (see `sdarts_jax.kernels`), and forward-mode
+  autodiff cannot use the kernels' written-out backward passes. So on CPU the HVP loops run on
+  the host; each iteration is one call of a body compiled once. `body` must be a stable
   function (compiled once per function object): build it once, not per call.
   """
   if not host:

@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from sdarts_jax import ops, optim, perturb, step, supernet, unrolled
+from sdarts_jax import optim, perturb, step, supernet, unrolled
+from sdarts_jax.kernels import Need
 from sdarts_jax.step import TRAIN, VAL, Evaluation
 
 
@@ -168,7 +169,7 @@ class Phase(NamedTuple):
   name: str
   batch: int
   train_bn: bool
-  need: int
+  need: Need
   update: Callable[[Context, Carry, Evaluation], Carry]
 
 
@@ -176,16 +177,16 @@ class Phase(NamedTuple):
 # weights only, the clean and attacked losses are values alone; the unrolled weights, v and
 # the exact H v need the weight gradients.
 PHASES = {p.name: p for p in (
-    Phase("alpha", VAL, True, ops.INPUT_GRADS, alpha_phase),
-    Phase("unroll", TRAIN, True, ops.ALL_GRADS, unroll_phase),
-    Phase("unrolled_val", VAL, True, ops.ALL_GRADS, unrolled_val_phase),
-    Phase("hvp", TRAIN, True, ops.ALL_GRADS, hvp_phase),
-    Phase("hvp_plus", TRAIN, True, ops.INPUT_GRADS, hvp_plus_phase),
-    Phase("hvp_minus", TRAIN, True, ops.INPUT_GRADS, hvp_minus_phase),
-    Phase("clean", TRAIN, False, ops.NO_GRADS, clean_phase),
-    Phase("pgd", TRAIN, False, ops.INPUT_GRADS, pgd_phase),
-    Phase("attacked", TRAIN, False, ops.NO_GRADS, attacked_phase),
-    Phase("weights", TRAIN, True, ops.ALL_GRADS, weights_phase))}
+    Phase("alpha", VAL, True, Need.INPUT_GRADS, alpha_phase),
+    Phase("unroll", TRAIN, True, Need.ALL_GRADS, unroll_phase),
+    Phase("unrolled_val", VAL, True, Need.ALL_GRADS, unrolled_val_phase),
+    Phase("hvp", TRAIN, True, Need.ALL_GRADS, hvp_phase),
+    Phase("hvp_plus", TRAIN, True, Need.INPUT_GRADS, hvp_plus_phase),
+    Phase("hvp_minus", TRAIN, True, Need.INPUT_GRADS, hvp_minus_phase),
+    Phase("clean", TRAIN, False, Need.NO_GRADS, clean_phase),
+    Phase("pgd", TRAIN, False, Need.INPUT_GRADS, pgd_phase),
+    Phase("attacked", TRAIN, False, Need.NO_GRADS, attacked_phase),
+    Phase("weights", TRAIN, True, Need.ALL_GRADS, weights_phase))}
 
 
 def plan(config) -> list[Phase]:

@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sdarts_jax import losses, ops, optim, perturb, supernet, unrolled
+from sdarts_jax import losses, optim, perturb, supernet, unrolled
+from sdarts_jax.kernels import Need
 
 TRAIN, VAL = 0, 1  # which batch an evaluation uses
 METHODS = ("darts", "rs", "adv")
@@ -65,13 +66,13 @@ def make_evaluate(model) -> Callable[..., Evaluation]:
   """evaluate(params, batch_stats, A, x, y, train_bn, key, need) -> Evaluation.
 
   x [N, H, W, 3] float, y [N] int; train_bn a (traced) bool; key feeds the `noise` op;
-  need (a traced int, `ops.ALL_GRADS` by default) says which gradients the evaluation's
+  need (a traced int, `Need.ALL_GRADS` by default) says which gradients the evaluation's
   caller uses: gradients it does not ask for are not computed (their values are
-  meaningless, see `ops.NO_GRADS`).
+  meaningless, see `kernels.Need`).
   """
   grad_fn = jax.value_and_grad(make_loss(model), argnums=(0, 2), has_aux=True)
 
-  def evaluate(params, batch_stats, A, x, y, train_bn, key, need=ops.ALL_GRADS) -> Evaluation:
+  def evaluate(params, batch_stats, A, x, y, train_bn, key, need=Need.ALL_GRADS) -> Evaluation:
     (loss, (accuracy, stats)), (g_params, g_A) = grad_fn(params, batch_stats, A, x, y,
                                                          train_bn, key, need)
     return Evaluation(loss, accuracy, g_params, g_A, stats)
@@ -83,10 +84,10 @@ def make_mixed_evaluate(model) -> Callable[..., Evaluation]:
   """mixed(params, batch_stats, A, x, y, train_bn, key, need, v) -> Evaluation whose
   grad_A is the mixed product H v = d/dA <grad_w L(w, A), v> (see `sdarts_jax.unrolled`)
   and grad_params grad_w L(w, A); v: a pytree of params' shapes, the other arguments as
-  `make_evaluate`'s (need must ask for `ops.ALL_GRADS`).
+  `make_evaluate`'s (need must ask for `Need.ALL_GRADS`).
 
   Reverse over reverse: the pullback of A -> grad_w L(w, A), which differentiates the
-  written-out backward pass of `ops.conv` (forward mode cannot, see `ops.autodiff_impl`).
+  written-out backward pass of `kernels.dense_conv` (forward mode cannot, see `ops.autodiff_impl`).
   """
   value_and_grad_w = jax.value_and_grad(make_loss(model), has_aux=True)
 

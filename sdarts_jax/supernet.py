@@ -14,7 +14,7 @@ connections, `PartialMixedOps`), and with `edge_norm` A also holds PC-DARTS's ed
 
 `train` (a Python or traced boolean) selects BatchNorm's mode; in train mode, call apply
 with `mutable=["batch_stats"]` to receive the updated running statistics. `need` (an int,
-possibly traced; `ops.NO_GRADS`, `ops.INPUT_GRADS` or `ops.ALL_GRADS`, the default) says
+possibly traced; a `kernels.Need`, by default ALL_GRADS) says
 which gradients a backward pass through the convolutions must compute. Spaces with the
 `noise` op need `rngs={"noise": key}`.
 """
@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sdarts_jax import nb101, ops, spaces
+from sdarts_jax import kernels, nb101, ops, spaces
+from sdarts_jax.kernels import Need
 
 
 def mixing_weights(alpha):
@@ -66,7 +67,7 @@ def mixed_nodes(states, topology: spaces.Topology, edge_ops, weights, strides, i
       nodes[node] = term if nodes[node] is None else nodes[node] + term
     if src >= topology.inputs - 1:  # node src - inputs + 1 has received all its edges
       i = src - topology.inputs + 1
-      nodes[i] = ops.materialize(nodes[i], need)
+      nodes[i] = kernels.materialize(nodes[i], need)
       states.append(nodes[i])
   return nodes
 
@@ -92,7 +93,7 @@ class PartialMixedOps(nn.Module):
   pool_bn: bool = True
 
   @nn.compact
-  def __call__(self, x, weights, train, need=ops.ALL_GRADS):
+  def __call__(self, x, weights, train, need=Need.ALL_GRADS):
     c = x.shape[-1]
     if c % self.k:
       raise ValueError(f"PC-DARTS with K={self.k} (config.model.partial_k) needs a channel "
@@ -151,7 +152,7 @@ class Cell(nn.Module):
   partial_k: int = 1
 
   @nn.compact
-  def __call__(self, s0, s1, weights, train, need=ops.ALL_GRADS, edge_weights=None):
+  def __call__(self, s0, s1, weights, train, need=Need.ALL_GRADS, edge_weights=None):
     c = self.channels
     if self.reduction_prev:
       s0 = ops.FactorizedReduce(c, bn_momentum=self.bn_momentum, name="pre_0")(s0, train)[
@@ -207,7 +208,7 @@ class Supernet(nn.Module):
     return self.layers
 
   @nn.compact
-  def __call__(self, x, A, train, need=ops.ALL_GRADS):
+  def __call__(self, x, A, train, need=Need.ALL_GRADS):
     c = self.stem_multiplier * self.channels
     stem_kernel = self.param("stem_kernel", ops.torch_uniform(9 * x.shape[-1]),
                              (3, 3, x.shape[-1], c))
@@ -245,7 +246,7 @@ class NB201Cell(nn.Module):
   bn_momentum: float = 0.9
 
   @nn.compact
-  def __call__(self, x, weights, train, need=ops.ALL_GRADS):
+  def __call__(self, x, weights, train, need=Need.ALL_GRADS):
     return mixed_nodes([x], spaces.NB201_CELL, self.edge_ops, weights, lambda src: 1,
                        self.impl, self.bn_momentum, train, need, pool_bn=False)[-1]
 
@@ -261,7 +262,7 @@ class ResNetBlock(nn.Module):
   bn_momentum: float = 0.9
 
   @nn.compact
-  def __call__(self, x, train, need=ops.ALL_GRADS):
+  def __call__(self, x, train, need=Need.ALL_GRADS):
     conv_args = dict(num_edges=1, impl=self.impl, features=self.features,
                      bn_momentum=self.bn_momentum, affine=True)
     y = ops.NorConv(3, stride=2, name="conv_a", **conv_args)(x, train, need)[:, :, :, 0]
@@ -305,7 +306,7 @@ class NB201Supernet(nn.Module):
     return self.space.alpha_shapes()
 
   @nn.compact
-  def __call__(self, x, A, train, need=ops.ALL_GRADS):
+  def __call__(self, x, A, train, need=Need.ALL_GRADS):
     c = self.channels
     stem_kernel = self.param("stem_kernel", ops.torch_uniform(9 * x.shape[-1]),
                              (3, 3, x.shape[-1], c))
@@ -338,7 +339,7 @@ class ConvBNReLU(nn.Module):
   bn_momentum: float
 
   @nn.compact
-  def __call__(self, x, train, need=ops.ALL_GRADS):
+  def __call__(self, x, train, need=Need.ALL_GRADS):
     k, c = self.kernel_size, x.shape[-1]
     kernel = self.param("kernel", ops.torch_uniform(k * k * c), (k, k, c, self.features))
     y = ops.conv(x, kernel, impl=self.impl, need=need)
@@ -367,7 +368,7 @@ class OneShot1Cell(nn.Module):
   bn_momentum: float
 
   @nn.compact
-  def __call__(self, x, A, train, need=ops.ALL_GRADS):
+  def __call__(self, x, A, train, need=Need.ALL_GRADS):
     n, c = self.space.num_nodes, self.channels
     proj = ConvBNReLU(2 * n * c, 1, self.impl, self.bn_momentum, name="proj")(x, train, need)
     states = []
@@ -428,7 +429,7 @@ class OneShot1Supernet(nn.Module):
     return self.space.alpha_shapes()
 
   @nn.compact
-  def __call__(self, x, A, train, need=ops.ALL_GRADS):
+  def __call__(self, x, A, train, need=Need.ALL_GRADS):
     c = self.channels
     s = ConvBNReLU(c, 3, self.impl, self.bn_momentum, name="stem")(x, train, need)
     for i in range(self.layers):

@@ -6,7 +6,8 @@ import pytest
 from jax import lax
 
 from conftest import assert_close_normwise
-from sdarts_jax import ops, spaces
+from sdarts_jax import kernels, ops, spaces
+from sdarts_jax.kernels import Need
 
 KEY = jax.random.PRNGKey(0)
 # Two implementations of one op in float32 (convolutions and their transposes against XLA's,
@@ -26,7 +27,7 @@ def test_conv_gradients_equal_lax(stride, dilation, k, size):
   """The hand-written convolution backward pass equals JAX's own transpose rules."""
   x = jax.random.normal(KEY, (2, size, size, 3))
   w = jax.random.normal(jax.random.PRNGKey(1), (k, k, 3, 5))
-  ref = lambda x, w: ops._lax_conv(x, w, stride, dilation)
+  ref = lambda x, w: kernels.lax_conv(x, w, stride, dilation)
   g = jax.random.normal(jax.random.PRNGKey(2), ref(x, w).shape)
   want = jax.vjp(ref, x, w)[1](g)
   got = jax.vjp(lambda x, w: ops.conv(x, w, stride, dilation), x, w)[1](g)
@@ -34,19 +35,19 @@ def test_conv_gradients_equal_lax(stride, dilation, k, size):
     assert_close_normwise(b, a, TOL)
 
 
-@pytest.mark.parametrize("need", [ops.NO_GRADS, ops.INPUT_GRADS, ops.ALL_GRADS])
+@pytest.mark.parametrize("need", list(Need))
 def test_conv_computes_the_gradients_asked_for(need):
   """With `need` traced, the backward pass returns JAX's own gradients for what it asks
   for and zeros for the rest (the step relies on the ones asked for being exact)."""
   x = jax.random.normal(KEY, (2, 8, 8, 3))
   w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 5))
   g = jax.random.normal(jax.random.PRNGKey(2), (2, 4, 4, 5))
-  want = jax.vjp(lambda x, w: ops._lax_conv(x, w, 2, 1), x, w)[1](g)
+  want = jax.vjp(lambda x, w: kernels.lax_conv(x, w, 2, 1), x, w)[1](g)
   vjp = jax.jit(lambda x, w, g, need: jax.vjp(
       lambda x, w: ops.conv(x, w, 2, 1, need=need), x, w)[1](g))
   dx, dw = vjp(x, w, g, jnp.int32(need))
-  assert_close_normwise(dx, want[0] if need >= ops.INPUT_GRADS else 0, TOL)
-  assert_close_normwise(dw, want[1] if need >= ops.ALL_GRADS else 0, TOL)
+  assert_close_normwise(dx, want[0] if need >= Need.INPUT_GRADS else 0, TOL)
+  assert_close_normwise(dw, want[1] if need >= Need.ALL_GRADS else 0, TOL)
 
 
 def test_conv_matches_pytorch_padding():
@@ -173,11 +174,11 @@ def test_shifted_separable_equals_grouped_with_the_gradients_asked_for(stride, d
   g = jax.random.normal(jax.random.PRNGKey(3), y.shape)
   want = vjp(g)
   run = jax.jit(lambda x, dw, pw, g, need: jax.vjp(
-      lambda *a: ops._separable_shifted(*a, need, stride, dilation), x, dw, pw))
-  for need in (ops.NO_GRADS, ops.INPUT_GRADS, ops.ALL_GRADS):
+      lambda *a: kernels.separable_shifted(*a, need, stride, dilation), x, dw, pw))
+  for need in Need:
     got_y, got_vjp = run(x, dw, pw, g, jnp.int32(need))
     assert_close_normwise(got_y, y, TOL)
     dx, d_dw, d_pw = got_vjp(g)
-    assert_close_normwise(dx, want[0] if need >= ops.INPUT_GRADS else 0, TOL)
-    assert_close_normwise(d_dw, want[1] if need >= ops.ALL_GRADS else 0, TOL)
-    assert_close_normwise(d_pw, want[2] if need >= ops.ALL_GRADS else 0, TOL)
+    assert_close_normwise(dx, want[0] if need >= Need.INPUT_GRADS else 0, TOL)
+    assert_close_normwise(d_dw, want[1] if need >= Need.ALL_GRADS else 0, TOL)
+    assert_close_normwise(d_pw, want[2] if need >= Need.ALL_GRADS else 0, TOL)

@@ -24,6 +24,7 @@ import pytest
 from conftest import override, tiny_config
 from sdarts_jax import (data, losses, ops, optim, scan_step, search, spaces, step, supernet,
                         unrolled)
+from sdarts_jax.kernels import Need
 
 SPE = 4  # steps per epoch used by the schedules
 EDGES = (("skip_connect", "sep_conv_3x3"),) + (("none", "skip_connect"),) * 13
@@ -90,7 +91,7 @@ def first_step64(channels=8) -> dict:
   with jax.enable_x64(True):
     s, train, val, lr = out["state"], out["train"], out["val"], out["lr"]
     w, stats, A = s["params"], s["batch_stats"], supernet.mixing_weights(s["alpha"])
-    buf, all_grads = unrolled.momentum_buffer(s["w_opt"]), jnp.int32(ops.ALL_GRADS)
+    buf, all_grads = unrolled.momentum_buffer(s["w_opt"]), jnp.int32(Need.ALL_GRADS)
     evaluate = jax.jit(step.make_evaluate(model))
     ev_train = evaluate(w, stats, A, *train, True, KEY, all_grads)
     w_virtual = unrolled.virtual_weights(w, ev_train.grad_params, buf, lr,
@@ -110,9 +111,9 @@ def test_exact_hypergradient_equals_grad_through_the_virtual_step(channels, shif
   """grad_A L_val(w') - lr H v, with H v by reverse over reverse (`make_mixed_evaluate`),
   equals jax.grad of L_val(w - lr (momentum buf + grad_w L_train + wd w), A) w.r.t. A, in
   float64; the H v term is far from negligible. The separable convolutions take the
-  shifted path (`ops._shifted_is_faster`) at 8 channels (16 in the reduction cell), the
+  shifted path (`ops.uses_shifted`) at 8 channels (16 in the reduction cell), the
   dense fused kernel at 4."""
-  assert ops._shifted_is_faster(2 * channels) == shifted
+  assert ops.uses_shifted("fused", 2 * channels) == shifted
   p = first_step64(channels)
   with jax.enable_x64(True):
     got = jax.device_get(unrolled.hypergradient(p["grad_A"], p["hvp"], p["lr"]))
@@ -133,7 +134,7 @@ def test_central_difference_approaches_the_exact_product():
   errors = []
   with jax.enable_x64(True):
     args = (s["batch_stats"], supernet.mixing_weights(s["alpha"]), *p["train"], True, KEY,
-            jnp.int32(ops.INPUT_GRADS))
+            jnp.int32(Need.INPUT_GRADS))
     for r in (1e-2, 1e-3, 1e-4, 1e-5):
       radius = unrolled.fd_radius(v, r)
       plus = p["evaluate"](unrolled.shifted(s["params"], v, radius), *args).grad_A
@@ -164,7 +165,7 @@ def plain_second_order_step(config, p: dict) -> dict:
         grad, w_opt, w)
     return optax.apply_updates(w, upd), w_opt
 
-  s, train, all_grads = p["state"], p["train"], jnp.int32(ops.ALL_GRADS)
+  s, train, all_grads = p["state"], p["train"], jnp.int32(Need.ALL_GRADS)
   w, A = s["params"], supernet.mixing_weights(s["alpha"])
   alpha, a_opt = alpha_step(p["straight"], s["alpha"], s["a_opt"])
   stats = p["evaluate"](w, s["batch_stats"], A, *train, True, KEY, all_grads).batch_stats
