@@ -415,21 +415,21 @@ def test_search_step_cuts_its_images_by_the_schedule(monkeypatch):
   epoch as in the last; "linear_ramp" none in the first, a quarter in the middle, half in
   the last. 512 images per count: a binomial standard deviation of at most 0.022."""
   from conftest import tiny_config
-  from sdarts_jax import search
+  from sdarts_jax import scan_step, search
   n, size, length, steps_per_epoch = 256, 8, 4, 3
   source = data.Source("constant", np.zeros((1, size, size, 3), np.uint8), np.zeros(1, np.int32),
                        10, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
   batch = {"train_image": jnp.full((n, size, size, 3), 200, jnp.uint8),
            "val_image": jnp.full((n, size, size, 3), 200, jnp.uint8)}
 
-  def handed_images(model, config, steps, preprocess):  # stands in for step.make_step
+  def handed_images(model, config, steps, preprocess):  # stands in for scan_step.make_step
     def step(state, batch):
       k_t, k_v = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(0), state["step"]))
       return jnp.concatenate([preprocess(k_t, batch["train_image"]),
                               preprocess(k_v, batch["val_image"])])
     return step
 
-  monkeypatch.setattr(search.step, "make_step", handed_images)
+  monkeypatch.setattr(scan_step, "make_step", handed_images)
 
   compiled = {}
 
