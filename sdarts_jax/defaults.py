@@ -1,14 +1,66 @@
-"""Default configurations: every number of the method (docs/method.md) lives here, once.
+"""The shared base of the configurations: every number of the method (docs/method.md) that
+the variants share, once, and the sizes of small runs.
 
-Config files in `configs/` call these and override; `get_config(arg)` there takes a
-comma-separated argument string such as "smoke", "space=s3" or "dataset=cifar100,smoke"
-(`--config=configs/cifar10_adv.py:space=s3,smoke`).
+Each config file in `configs/` starts from `search_config` and sets its variant's numbers
+where a reader sees them (the NAS-Bench-201 and 1Shot1 settings, PC-DARTS, the demo);
+`get_config(arg)` there takes a comma-separated argument string such as "smoke", "space=s3"
+or "dataset=cifar100,smoke" (`--config=configs/cifar10_adv.py:space=s3,smoke`), applied by
+`apply_search_args`. `SIZES` holds the small runs side by side: the `smoke` argument's
+sizes and the `make demo` search's.
 """
 from __future__ import annotations
+
+import importlib.util
+import pathlib
 
 import ml_collections
 
 DATASETS = ("cifar10", "cifar100", "svhn_cropped")
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"  # beside the package
+
+# The small runs, side by side: dotted config fields and their values, each set where the
+# config has that field (a DARTS-family model has layers, NAS-Bench-201's cells_per_stage).
+SIZES = {
+    # The config argument `smoke` of a search: a few minutes on CPU.
+    "search_smoke": {"epochs": 2, "model.channels": 4, "model.layers": 3,
+                     "model.cells_per_stage": 1, "data.batch_size": 16,
+                     "data.max_examples": 256, "log_every_steps": 4},
+    # The `make demo` search (configs/demo.py): SDARTS-ADV on 1,280 CIFAR-10 images (640
+    # train the weights, 640 alpha: 20 steps per epoch), about 10 minutes on 2 CPU cores.
+    "demo": {"epochs": 3, "model.layers": 5, "model.channels": 4, "data.batch_size": 32,
+             "data.max_examples": 1280, "log_every_steps": 5},
+    # The config argument `smoke` of evaluation training (`sdarts_jax.evaluation.defaults`),
+    "eval_smoke": {"epochs": 2, "model.layers": 3, "model.channels": 8,
+                   "data.batch_size": 32, "data.max_examples": 256, "log_every_steps": 2},
+    # and on top of it at ImageNet's 224 px (the auxiliary head needs 7x7 after /32).
+    "imagenet_smoke": {"data.batch_size": 16, "optim.warmup_epochs": 1,
+                       "optim.linear_tail_epochs": 1, "data.max_examples": 64,
+                       "data.workers": 0, "data.threads": 2},
+}
+
+
+def resize(c: ml_collections.ConfigDict, sizes: str) -> ml_collections.ConfigDict:
+  """c with the fields of SIZES[sizes] that it has set to their values."""
+  for dotted, value in SIZES[sizes].items():
+    *parents, field = dotted.split(".")
+    node = c
+    for name in parents:
+      node = node[name]
+    if field in node:
+      node[field] = value
+  return c
+
+
+def from_file(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """The config of configs/<name>.py, as `--config=configs/<name>.py:<arg>` gives it (the
+  checkout's configs/, beside the package as `pip install -e` leaves it)."""
+  path = CONFIGS / f"{name}.py"
+  if not path.exists():
+    raise FileNotFoundError(f"no config file {path} (configs/ of the checkout)")
+  spec = importlib.util.spec_from_file_location(f"configs.{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
 
 
 def parse_arg(arg: str | None, allowed: tuple[str, ...]) -> dict[str, str]:
@@ -58,6 +110,21 @@ def hessian_config() -> ml_collections.ConfigDict:
   ))
 
 
+def supernet_config() -> ml_collections.ConfigDict:
+  """The DARTS-family supernet at the paper's size (`sdarts_jax.supernet.Supernet`)."""
+  return ml_collections.ConfigDict(dict(
+      channels=16,           # initial channels C
+      layers=8,              # cells
+      stem_multiplier=3,
+      bn_momentum=0.9,       # Flax convention; PyTorch's momentum 0.1
+      impl="auto",           # depthwise-separable convs: auto | fused | grouped
+      partial_k=1,           # PC-DARTS: 1/K of each state's channels through the mixed ops
+                             # (K = 4, configs/cifar10_pcdarts.py); 1 = DARTS
+      edge_norm=False,       # PC-DARTS's edge normalisation (betas), which the official
+                             # SDARTS code does not have
+  ))
+
+
 def method_and_order(name: str) -> tuple[str, int | None]:
   """A method name of the configs' arguments -> (config.method, config.alpha.order or None
   to keep it): "darts2" is DARTS with the second-order alpha step, others name a method."""
@@ -74,17 +141,7 @@ def search_config(method: str) -> ml_collections.ConfigDict:
   c.space = "s5"             # s5 (DARTS w/o none), darts, s1, s2, s3, s4
   c.seed = 2
   c.epochs = 50
-  c.model = ml_collections.ConfigDict(dict(
-      channels=16,           # initial channels C
-      layers=8,              # cells
-      stem_multiplier=3,
-      bn_momentum=0.9,       # Flax convention; PyTorch's momentum 0.1
-      impl="auto",           # depthwise-separable convs: auto | fused | grouped
-      partial_k=1,           # PC-DARTS: 1/K of each state's channels through the mixed ops
-                             # (K = 4, configs/cifar10_pcdarts.py); 1 = DARTS
-      edge_norm=False,       # PC-DARTS's edge normalisation (betas), which the official
-                             # SDARTS code does not have
-  ))
+  c.model = supernet_config()
   c.data = data_config()
   # Cutout during search (the reference's --cutout, --cutout_length, --cutout_prob), off
   # with data.cutout = 0: on the weights' and alpha's batches, each image cut with
@@ -128,22 +185,6 @@ def search_config(method: str) -> ml_collections.ConfigDict:
   return c
 
 
-def pcdarts_search_config(method: str = "darts") -> ml_collections.ConfigDict:
-  """PC-DARTS (Xu et al. 2020) as the official SDARTS code searches it
-  (sota/cnn/train_search_pcdarts.py, model_search_pcdarts.py): partial channel
-  connections with K = 4 and channel shuffle, no edge normalisation, in space s1 (that
-  script's default; the published PC-DARTS cells are s1-s4); that script's
-  hyper-parameters (batch 64, weight lr 0.025 cosine to 0.001, momentum 0.9, weight decay
-  3e-4, alpha lr 3e-4 with decay 1e-3, 50 epochs, no warm-up, half the train split for
-  alpha, C=16, 8 cells) are `search_config`'s. method: darts (that script's only method:
-  it has no perturbation), or, beyond it, rs, adv (the perturbation and eps ramp of
-  sota/cnn/train_search.py on top) or darts2."""
-  c = search_config(method)
-  c.space = "s1"
-  c.model.partial_k = 4
-  return c
-
-
 def dataset_name(arg: str) -> str:
   """The TFDS name of a dataset argument (c10, cifar10, c100, cifar100, svhn)."""
   name = {"c10": "cifar10", "c100": "cifar100", "svhn": "svhn_cropped"}.get(arg, arg)
@@ -171,81 +212,5 @@ def apply_search_args(c: ml_collections.ConfigDict, arg: str | None,
   if "dataset" in args:
     c.data.name = dataset_name(args["dataset"])
   if "smoke" in args:
-    c.epochs = 2
-    c.model.channels = 4
-    if "layers" in c.model:
-      c.model.layers = 3
-    else:
-      c.model.cells_per_stage = 1
-    c.data.batch_size = 16
-    c.data.max_examples = 256
-    c.log_every_steps = 4
-  return c
-
-
-def demo_config() -> ml_collections.ConfigDict:
-  """The `make demo` search: SDARTS-ADV on a small supernet and 1,280 CIFAR-10 images (640
-  train the weights, 640 alpha: 20 steps per epoch), 3 epochs; the data source is set by
-  `python -m sdarts_jax.demo`."""
-  c = search_config("adv")
-  c.epochs = 3
-  c.model.layers = 5
-  c.model.channels = 4
-  c.data.batch_size = 32
-  c.data.max_examples = 1280
-  c.log_every_steps = 5
-  return c
-
-
-def nb201_search_config(method: str) -> ml_collections.ConfigDict:
-  """SDARTS search in the NAS-Bench-201 space with the official settings (SmoothDARTS
-  nasbench201/train_search.py): 100 epochs, batch 64, C=16, N=5 cells per stage, and the
-  optimisers, eps ramp and data split of `search_config`, which the script shares."""
-  c = search_config(method)
-  c.space = "nb201"
-  c.epochs = 100
-  c.model = ml_collections.ConfigDict(dict(
-      channels=16,           # C of the first stage (2C, 4C after the ResNet reductions)
-      cells_per_stage=5,     # N
-      bn_momentum=0.9,
-      impl="auto",           # convolutions: auto | fused | grouped (see sdarts_jax.ops)
-  ))
-  c.nb201 = ml_collections.ConfigDict(dict(
-      table="",              # NAS-Bench-201 accuracy CSV: query the cell every epoch
-      # its sha256, checked on loading: the published table's (nb201.TABLE_SHA256; a
-      # table of your own: its digest, or "" for no check; docs/data.md)
-      table_sha256="cb5d777ec3368be83c8f9b3aa4d520696051cb0eb8d94b8f85b519f9ea4afa3e",
-  ))
-  return c
-
-
-
-def oneshot1_search_config(method: str, space: str = "1shot1_ss1") -> ml_collections.ConfigDict:
-  """SDARTS search in a NAS-Bench-1Shot1 space with the official settings (SmoothDARTS
-  optimizers/darts/train_search.py, run as its README runs it, i.e. with the script's
-  defaults): search space 1, 100 epochs, batch 96, C=16, 9 cells, lambda_max every epoch
-  (Lanczos over all of alpha's dimensions), the one-shot model evaluated with a clean
-  batch's BN statistics, and the optimisers, eps ramp, data split and seed of
-  `search_config`, which that script shares."""
-  c = search_config(method)
-  c.space = space            # 1shot1_ss1 | 1shot1_ss2 | 1shot1_ss3
-  c.epochs = 100
-  c.data.batch_size = 96
-  c.model = ml_collections.ConfigDict(dict(
-      channels=16,           # C of the first stack (2C, 4C after the max-pool downsamplings)
-      layers=9,              # cells, 3 per stack
-      bn_momentum=0.003,     # conv-bn-relu BatchNorms: the reference's PyTorch momentum 0.997
-      head_bn_momentum=0.9,  # the BatchNorm before the classifier: PyTorch's default 0.1
-      impl="auto",           # convolutions: auto | fused | grouped (see sdarts_jax.ops)
-  ))
-  c.hessian.every_epochs = 1  # the reference computes the Hessian's eigenvalues every epoch
-  # The reference's infer follows its Hessian pass, which runs the model in train mode with
-  # clean alpha on a validation batch: with BN momentum 0.997 the one-shot model is then
-  # evaluated with that batch's statistics, not with those of the last (for SDARTS,
-  # perturbed) training step.
-  c.eval_bn = "clean_batch"
-  c.hessian.lanczos_iters = 35  # >= alpha's size (24, 26, 35): exact, as its dense Hessian
-  c.nasbench101 = ml_collections.ConfigDict(dict(
-      file="",               # nasbench_only108.tfrecord: score the derived cell every epoch
-  ))
+    resize(c, "search_smoke")
   return c

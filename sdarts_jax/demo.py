@@ -82,7 +82,7 @@ def main(argv):
   del argv
   from sdarts_jax import defaults, run, search
   run.quiet_libraries()
-  config = defaults.demo_config()
+  config = defaults.from_file("demo")
   f = flags.FLAGS
   try:
     checksums = download.parse_checksums(f.checksums)

@@ -1,7 +1,6 @@
 """NAS-Bench-1Shot1 in the search: the one-shot model, its parameter counts, the Hessian on
 it, and a search that resumes, writes the NAS-Bench-101 cell per epoch, queries the table
 and tracks lambda_max."""
-import importlib.util
 import json
 import os
 import pathlib
@@ -18,7 +17,6 @@ from sdarts_jax import (defaults, genotype, hessian, metrics, nb101, oneshot1, p
                         search, spaces, supernet)
 
 KEY = jax.random.PRNGKey(0)
-CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "1shot1_search.py"
 
 
 def _tiny_model(name: str, layers: int = 3) -> supernet.OneShot1Supernet:
@@ -165,13 +163,10 @@ def test_hessian_on_the_one_shot_model_matches_jax_hessian():
 # ---------------------------------------------------------------- the search
 
 def test_config_has_the_reference_settings():
-  spec = importlib.util.spec_from_file_location("oneshot1_config", CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config("space=ss3,method=rs")
+  c = defaults.from_file("1shot1_search", "space=ss3,method=rs")
   assert (c.space, c.method, c.epochs, c.data.batch_size) == ("1shot1_ss3", "rs", 100, 96)
   assert (c.model.channels, c.model.layers, c.hessian.every_epochs) == (16, 9, 1)
-  smoke = module.get_config("smoke")
+  smoke = defaults.from_file("1shot1_search", "smoke")
   assert (smoke.space, smoke.model.layers, smoke.epochs) == ("1shot1_ss1", 3, 2)
   search.check_config(smoke)
 
@@ -197,7 +192,7 @@ def table(tmp_path_factory):
 
 
 def _tiny_search(method, **overrides):
-  c = defaults.oneshot1_search_config(method, "1shot1_ss1")
+  c = defaults.from_file("1shot1_search", f"method={method},space=ss1")
   return override(c, {"epochs": 2, "model.channels": 2, "model.layers": 1,
                       "perturb.steps": 2, "data.name": "synthetic", "data.image_size": 8,
                       "data.synthetic_examples": 16, "data.batch_size": 8,

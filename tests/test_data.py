@@ -205,8 +205,8 @@ def test_tfds_missing_dataset(tmp_path):
 
 def test_imagenet_missing_is_the_same_error_with_its_own_help(tmp_path):
   # Evaluation training's streamed ImageNet opens TFDS through the same function.
-  from sdarts_jax.evaluation import defaults as eval_defaults, input_pipeline
-  cfg = eval_defaults.imagenet_config().data
+  from sdarts_jax.evaluation import input_pipeline
+  cfg = defaults.from_file("imagenet_eval").data
   cfg.tfds_data_dir = str(tmp_path)
   with pytest.raises(data.DataError) as error:
     input_pipeline.make_input(cfg, 0, None)

@@ -173,11 +173,10 @@ def _config_value(config, dotted: str):
 @functools.lru_cache(maxsize=None)
 def _load_config(spec: str):
   """`configs/X.py[:arg]` as ml_collections' config_flags loads it: get_config(arg)."""
+  from sdarts_jax import defaults
   path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("_doc_config", ROOT / path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
+  assert (ROOT / path).parent == defaults.CONFIGS, f"{path} is not in configs/"
+  return defaults.from_file(pathlib.Path(path).stem, arg or None)
 
 
 def _check_config_args(args: list[str], where: str):

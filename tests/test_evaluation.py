@@ -16,6 +16,7 @@ import tensorflow_datasets as tfds
 from conftest import check_exact_resume, final_state, override, shared_data
 from test_losses import smoothed_ce
 from sdarts_jax import data, genotype, metrics, ops, parallel
+from sdarts_jax.defaults import from_file
 from sdarts_jax.evaluation import defaults, input_pipeline, network, report, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -326,26 +327,22 @@ def test_cli_train_mode_reports_errors_in_one_line(tmp_path):
 
 
 def test_configs_and_arguments():
-  import importlib.util
   for name, stem in (("cifar10", "cifar"), ("cifar100", "cifar"), ("svhn", "cifar"),
                      ("imagenet", "imagenet")):
-    spec = importlib.util.spec_from_file_location(name, ROOT / f"configs/{name}_eval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config("arch=darts_v2,smoke")
+    c = from_file(f"{name}_eval", "arch=darts_v2,smoke")
     assert c.mode == "train" and c.arch == "darts_v2" and c.model.stem == stem
     assert c.model.layers == 3 and c.epochs == 2
-    full = module.get_config()
+    full = from_file(f"{name}_eval")
     assert full.loss.aux_weight == 0.4
   assert full.model.layers == 14 and full.loss.label_smoothing == 0.1
   with pytest.raises(ValueError, match="unknown config argument"):
-    module.get_config("space=s3")
+    from_file("imagenet_eval", "space=s3")
 
 
 # ---------------------------------------------------------------- ImageNet streaming
 
 def test_imagenet_streaming_on_mock_data():
-  cfg = defaults.imagenet_config().data
+  cfg = from_file("imagenet_eval").data
   cfg.image_size, cfg.batch_size, cfg.workers, cfg.threads = 32, 8, 0, 2
   mesh = parallel.make_mesh()
   with tfds.testing.mock_data(num_examples=20, policy=tfds.testing.MockPolicy.USE_CODE):
@@ -366,7 +363,7 @@ def test_imagenet_streaming_on_mock_data():
 
 
 def test_imagenet_training_end_to_end_on_mock_data(tmp_path):
-  config = defaults.apply_args(defaults.imagenet_config(), "arch=darts_v2,smoke")
+  config = from_file("imagenet_eval", "arch=darts_v2,smoke")
   config.model.channels, config.model.auxiliary = 4, False  # the head needs 224 px
   config.data.image_size, config.data.batch_size, config.data.max_examples = 64, 8, 16
   config.compilation_cache = ""
@@ -377,7 +374,7 @@ def test_imagenet_training_end_to_end_on_mock_data(tmp_path):
 
 
 def test_missing_imagenet_says_how_to_prepare(tmp_path):
-  cfg = defaults.imagenet_config().data
+  cfg = from_file("imagenet_eval").data
   cfg.tfds_data_dir = str(tmp_path)
   with pytest.raises(data.DataError, match="downloaded by hand"):
     input_pipeline.make_input(cfg, 0, parallel.make_mesh())

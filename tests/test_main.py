@@ -1,6 +1,5 @@
 """Mistakes on the command line and in files a run reads: one `error:` line naming the
 flag or the file, exit status 2, no traceback."""
-import importlib.util
 import json
 import pathlib
 import subprocess
@@ -9,7 +8,7 @@ import sys
 import pytest
 
 from conftest import tiny_config
-from sdarts_jax import genotype, run, search
+from sdarts_jax import defaults, genotype, run, search
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -89,10 +88,7 @@ def test_resume_of_a_run_saved_before_a_field_existed(tmp_path):
   config, saved["data"]["cutout"] = tiny_config("adv"), 0
   (tmp_path / "config.json").write_text(json.dumps(saved))
   run.check_resume(config, str(tmp_path))
-  spec = importlib.util.spec_from_file_location("cifar10_eval", ROOT / "configs/cifar10_eval.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  evaluation = module.get_config("smoke")
+  evaluation = defaults.from_file("cifar10_eval", "smoke")
   (tmp_path / "eval").mkdir()
   (tmp_path / "eval" / "config.json").write_text(evaluation.to_json())
   run.check_resume(evaluation, str(tmp_path / "eval"))

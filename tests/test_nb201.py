@@ -332,7 +332,7 @@ def _synthetic_table(path):
 
 
 def _tiny_nb201(method, **overrides):
-  c = defaults.nb201_search_config(method)
+  c = defaults.from_file("nb201_search", f"method={method}")
   return override(c, {"epochs": 1, "model.channels": 4, "model.cells_per_stage": 1,
                       "data.name": "synthetic", "data.image_size": 8,
                       "data.synthetic_examples": 32, "data.batch_size": 8,

@@ -257,11 +257,11 @@ def _small_table(path):
 
 
 def _config(table, **overrides):
-  return override(defaults.nb201_search_config("adv"), {"nb201.table": table, **overrides})
+  return override(defaults.from_file("nb201_search"), {"nb201.table": table, **overrides})
 
 
 def test_the_default_config_checks_the_published_checksum():
-  assert defaults.nb201_search_config("rs").nb201.table_sha256 == nb201.TABLE_SHA256
+  assert defaults.from_file("nb201_search", "method=rs").nb201.table_sha256 == nb201.TABLE_SHA256
   assert len(nb201.TABLE_SHA256) == 64 and int(nb201.TABLE_SHA256, 16) >= 0
   assert "/v-tao/nats-bench-landscape/b307ae5" in nb201.TABLE_URL
 

@@ -6,6 +6,7 @@ import pytest
 
 from conftest import tiny_config
 from sdarts_jax import optim
+from sdarts_jax.defaults import from_file
 from sdarts_jax.evaluation import defaults, train
 
 
@@ -71,7 +72,7 @@ def test_schedules():
 
 def test_learning_rate_schedules_follow_the_references():
   spe = 3
-  cfg = defaults.imagenet_config().optim  # linear, 5 warm-up epochs
+  cfg = from_file("imagenet_eval").optim  # linear, 5 warm-up epochs
   lr = optim.training_lr(cfg, 250, spe)
 
   def official(epoch, epochs=250, base=0.5):  # sota/cnn/train_imagenet.py, batch 1024

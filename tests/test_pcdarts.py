@@ -2,10 +2,8 @@
 as a setting of the search: the partial-channel mixed ops against the same computation
 written out plainly, the supernet's parameter count against the official code's, the
 optional edge normalisation, and the smoke config through a short search (with cutout)."""
-import importlib.util
 import json
 import os
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -14,8 +12,8 @@ import pytest
 
 from conftest import final_state, override
 from sdarts_jax import genotype, metrics, ops, search, spaces, supernet
+from sdarts_jax.defaults import from_file
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # Parameters of the official SDARTS PC-DARTS supernet (sota/cnn/model_search_pcdarts.py,
 # PCDARTSNetwork(C=16, 10 classes, 8 cells)) by space, counted with PyTorch 2.13.0 (CPU) from
@@ -41,14 +39,6 @@ OFFICIAL_PARAMS = {"s1": 130_946, "s5": 299_578, "s3": 149_946}  # s1: the offic
 EDGE_OPS = (("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"),
             ("avg_pool_3x3", "skip_connect", "dil_conv_3x3", "none"))
 K = 4
-
-
-def load_config(arg: str):
-  spec = importlib.util.spec_from_file_location("cifar10_pcdarts",
-                                                ROOT / "configs" / "cifar10_pcdarts.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 # ---------------------------------------------------------------- the partial-channel op
@@ -183,7 +173,7 @@ def test_config_has_the_official_settings():
   --batch_size 64, --learning_rate 0.025, --learning_rate_min 0.001, --weight_decay 3e-4,
   --arch_learning_rate 3e-4, --arch_weight_decay 1e-3, --train_portion 0.5, --cutout off
   (--cutout_prob 1.0, applied at that constant probability when on)."""
-  c = load_config("")
+  c = from_file("cifar10_pcdarts")
   assert (c.method, c.alpha.order, c.space) == ("darts", 1, "s1")
   assert (c.model.partial_k, c.model.edge_norm) == (4, False)
   assert (c.model.channels, c.model.layers, c.epochs, c.data.batch_size) == (16, 8, 50, 64)
@@ -191,7 +181,7 @@ def test_config_has_the_official_settings():
   assert (c.alpha.lr, c.alpha.weight_decay, c.data.train_portion) == (3e-4, 1e-3, 0.5)
   assert (c.data.cutout, c.data.cutout_prob, c.data.cutout_schedule) == (0, 1.0, "constant")
   search.check_config(c)
-  rs = load_config("method=rs,space=s3,smoke")
+  rs = from_file("cifar10_pcdarts", "method=rs,space=s3,smoke")
   assert (rs.method, rs.space, rs.model.partial_k, rs.epochs) == ("rs", "s3", 4, 2)
   search.check_config(rs)
   rs.model.partial_k = 3
@@ -205,7 +195,7 @@ def test_smoke_search_with_edge_norm_and_cutout(tmp_path):
   the genotype is derived with them, the epoch records carry cutout's probability, and a rerun
   restores the final checkpoint and has nothing to do. (Resuming mid-epoch is the loop's,
   checked by tests/test_search.py.)"""
-  config = override(load_config("method=rs,space=s3,smoke"), {
+  config = override(from_file("cifar10_pcdarts", "method=rs,space=s3,smoke"), {
       "model.layers": 1, "model.edge_norm": True, "data.cutout": 4, "data.name": "synthetic",
       "data.image_size": 8, "data.synthetic_examples": 32, "data.batch_size": 8,
       "data.max_examples": 0, "log_every_steps": 1, "compilation_cache": ""})

@@ -11,8 +11,6 @@ convolutions with a written-out backward pass that reverse-over-reverse differen
 shifted multiply-adds (16 channels, stride 2) and the dense fused kernel (stride 1).
 """
 import functools
-import importlib.util
-import pathlib
 import re
 
 import jax
@@ -24,13 +22,13 @@ import pytest
 from conftest import override, tiny_config
 from sdarts_jax import (data, losses, ops, optim, scan_step, search, spaces, step, supernet,
                         unrolled)
+from sdarts_jax.defaults import from_file
 from sdarts_jax.kernels import Need
 
 SPE = 4  # steps per epoch used by the schedules
 EDGES = (("skip_connect", "sep_conv_3x3"),) + (("none", "skip_connect"),) * 13
 SPACE = spaces.SearchSpace("second_order_test", EDGES, EDGES)
 KEY = jax.random.PRNGKey(0)
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @functools.lru_cache(maxsize=None)
@@ -225,25 +223,18 @@ def test_second_order_rs_and_adv_steps_equal_plain_reference(method):
 
 # ---------------------------------------------------------------- configs
 
-def load_config(name: str, arg: str):
-  spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
 def test_configs_name_the_second_order():
   """darts2 is darts with config.alpha.order = 2 (its own config file, with a smoke
   variant, and method=darts2 where configs take a method); order=2 gives RS and ADV the
   second-order alpha step, as the reference's --unrolled does; mistakes are one clear
   error before anything is built."""
-  smoke = load_config("cifar10_darts2", "smoke")
+  smoke = from_file("cifar10_darts2", "smoke")
   assert (smoke.method, smoke.alpha.order, smoke.alpha.hvp, smoke.epochs) == (
       "darts", 2, "exact", 2)
   search.check_config(smoke)
-  assert load_config("cifar10_adv", "order=2,smoke").alpha.order == 2
-  assert load_config("cifar10_adv", "").alpha.order == 1
-  nb201 = load_config("nb201_search", "method=darts2,smoke")
+  assert from_file("cifar10_adv", "order=2,smoke").alpha.order == 2
+  assert from_file("cifar10_adv", "").alpha.order == 1
+  nb201 = from_file("nb201_search", "method=darts2,smoke")
   assert (nb201.method, nb201.alpha.order) == ("darts", 2)
   assert step.phases("adv", 2, 2, "finite_difference") == (
       "unroll", "unrolled_val", "hvp_plus", "hvp_minus", "clean", "pgd", "pgd", "attacked",
@@ -251,9 +242,9 @@ def test_configs_name_the_second_order():
   for field, value, message in (("order", 3, "config.alpha.order=3"),
                                 ("hvp", "fd", "config.alpha.hvp='fd'"),
                                 ("hvp_r", 0.0, "config.alpha.hvp_r=0.0")):
-    bad = load_config("cifar10_darts2", "smoke")
+    bad = from_file("cifar10_darts2", "smoke")
     bad.alpha[field] = value
     with pytest.raises(ValueError, match=re.escape(message)):
       search.check_config(bad)
   with pytest.raises(ValueError, match="order=1 or order=2"):
-    load_config("cifar10_rs", "order=3")
+    from_file("cifar10_rs", "order=3")

@@ -118,7 +118,8 @@ def tables(runs: dict[str, dict]) -> str:
 def config_for(method: str, f):
   """The 1Shot1 search config of `method` at the flags' size."""
   from sdarts_jax import defaults
-  c = figure.sized(defaults.oneshot1_search_config(method, "1shot1_" + f.space), f)
+  c = figure.sized(defaults.from_file("1shot1_search", f"method={method},space={f.space}"),
+                   f)
   c.model.layers = f.layers
   c.hessian.every_epochs = f.hessian_every
   c.nasbench101.file = f.nasbench101

@@ -158,7 +158,7 @@ def tables(runs: dict[str, dict], dataset: str) -> str:
 def config_for(method: str, f):
   """The NB201 search config of `method` at the flags' size."""
   from sdarts_jax import defaults
-  c = figure.sized(defaults.nb201_search_config(method), f)
+  c = figure.sized(defaults.from_file("nb201_search", f"method={method}"), f)
   c.model.cells_per_stage = f.cells_per_stage
   c.nb201.table = f.table
   c.hessian.every_epochs = f.hessian_every
