@@ -9,7 +9,7 @@ every config.log_every_steps; at an epoch end the caller's `end_of_epoch` evalua
 checkpoints are saved every checkpoint_every_epochs epochs and at the end; SIGTERM saves the
 state (mid-epoch with the epoch's partial sums, so the resumed epoch's means cover all of its
 steps) and raises run.Preempted. What differs between the search and evaluation training
-(the step, the data, the epoch's evaluation, the checkpoint's record) comes in as arguments.
+(the step, the data, the epoch's evaluation, the checkpoint's record) comes in as a `Task`.
 """
 from __future__ import annotations
 
@@ -22,6 +22,38 @@ import jax
 from sdarts_jax import metrics, run
 
 
+def compile_step(train_step: Callable, replicated, sharded) -> Callable:
+  """train_step(state, batch) jitted as every run compiles it: the state replicated and
+  donated, the batch sharded over the data axis, the metrics replicated."""
+  return jax.jit(train_step, in_shardings=(replicated, sharded),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def epoch_record(done: int, epochs_done: int) -> dict:
+  """The record saved with a checkpoint: the steps and epochs done."""
+  return {"step": done, "epoch": epochs_done}
+
+
+@dataclasses.dataclass
+class Task:
+  """What a run trains: the parts in which the search and evaluation training differ.
+
+  train_step(state, batch) -> (state, metrics of scalars), compiled.
+  batches(start) -> the global batches of steps start, start + 1, ... .
+  end_of_epoch(state, epoch, means, seconds, done) -> (record, stop): the epoch's evaluation
+    and logs (epoch counts from 0, means are the epoch's step-metric means, done the steps
+    done so far); stop ends the run after saving.
+  describe(metrics) -> the progress line's text.
+  checkpoint_record(done, epochs_done) -> the dict saved with a checkpoint.
+  """
+  steps_per_epoch: int
+  train_step: Callable
+  batches: Callable[[int], Iterable]
+  end_of_epoch: Callable
+  describe: Callable[[dict], str]
+  checkpoint_record: Callable[[int, int], dict] = epoch_record
+
+
 @dataclasses.dataclass
 class Loop:
   """A run's loop: its config (the fields epochs, log_every_steps, checkpoint_every_epochs,
@@ -31,72 +63,87 @@ class Loop:
   writer: metrics.MetricWriter
   workdir: str
 
-  def train(self, state, meta: dict, steps_per_epoch: int, train_step: Callable,
-            batches: Callable[[int], Iterable], end_of_epoch: Callable,
-            checkpoint_record: Callable, describe: Callable[[dict], str]) -> dict:
-    """Run (or resume) the steps of config.epochs epochs; returns the last epoch's record.
-
-    state: the state restored or initialised (its "step" says where to start); meta: the
-    checkpoint record it came with ({} when new). train_step(state, batch) -> (state, metrics
-    of scalars). batches(start) -> the global batches of steps start, start + 1, ... .
-    end_of_epoch(state, epoch, means, seconds, done) -> (record, stop): the epoch's evaluation
-    and logs (epoch counts from 0, means are the epoch's step-metric means, done the steps done
-    so far); stop ends the run after saving. checkpoint_record(done, epochs_done) -> the dict
-    saved with a checkpoint. describe(metrics) -> the progress line's text.
-    """
-    c, spe = self.config, steps_per_epoch
+  def train(self, state, meta: dict, task: Task) -> dict:
+    """Run (or resume) the steps of config.epochs epochs of `task`; returns the last epoch's
+    record. state: the state restored or initialised (its "step" says where to start);
+    meta: the checkpoint record it came with ({} when new)."""
+    c, spe = self.config, task.steps_per_epoch
     total_steps = c.epochs * spe
     start = int(state["step"])
     preempted = run.on_sigterm()
-    progress = metrics.Progress(total_steps, c.data.batch_size, c.log_every_steps)
+    log = _StepLog(self, task, total_steps)
+    if start % spe:
+      log.sums = dict(meta.get("epoch_sums", {}))
     record: dict = {}
-    sums: dict[str, float] = dict(meta.get("epoch_sums", {})) if start % spe else {}
-    pending: list[tuple[int, dict]] = []
-    t_fetch = t_epoch = time.time()
-
-    def fetch() -> None:
-      """Fetch, check, sum, show and write the pending steps' metrics."""
-      nonlocal pending, t_fetch
-      fetched = jax.device_get([m for _, m in pending])
-      seconds = (time.time() - t_fetch) / len(pending)
-      for (done, _), m in zip(pending, fetched):
-        m = {k: float(v) for k, v in m.items()}
-        run.check_finite(m, done, self.ckpt, self.workdir)
-        for k, v in m.items():
-          sums[k] = sums.get(k, 0.0) + v
-        progress.update(done, seconds, f"epoch {(done - 1) // spe + 1}/{c.epochs} {describe(m)}")
-        if done % c.log_every_steps == 0:
-          self.writer.write("train", done, m)
-      pending, t_fetch = [], time.time()
-
-    placed = iter(batches(start))
+    placed = iter(task.batches(start))
     batch = next(placed, None)
     for global_step in range(start, total_steps):
       epoch, index = divmod(global_step, spe)
       if index == 0:
-        sums, t_epoch = {}, time.time()
-      state, m = train_step(state, batch)
+        log.new_epoch()
+      state, m = task.train_step(state, batch)
       done = global_step + 1
-      pending.append((done, m))
+      log.pending.append((done, m))
       if done < total_steps:
         batch = next(placed)  # while the step runs
       stopping = preempted() and done < total_steps
       if done % c.log_every_steps == 0 or index == spe - 1 or stopping:
-        fetch()
+        log.fetch()
       if index == spe - 1:
-        record, stop = end_of_epoch(state, epoch, {k: v / spe for k, v in sums.items()},
-                                    time.time() - t_epoch, done)
-        if stop:
-          self.ckpt.save(done, state, checkpoint_record(done, epoch + 1))
-          break
+        record, stop = task.end_of_epoch(state, epoch, log.means(),
+                                         time.time() - log.t_epoch, done)
         # A run stopping now saves this step below (orbax refuses a step twice).
-        if not stopping and ((epoch + 1) % c.checkpoint_every_epochs == 0
-                             or done == total_steps):
-          self.ckpt.save(done, state, checkpoint_record(done, epoch + 1))
-        t_fetch = time.time()  # the progress rate counts step time alone
+        if stop or (not stopping and ((epoch + 1) % c.checkpoint_every_epochs == 0
+                                      or done == total_steps)):
+          self.ckpt.save(done, state, task.checkpoint_record(done, epoch + 1))
+        if stop:
+          break
+        log.t_fetch = time.time()  # the progress rate counts step time alone
       if stopping:
         epochs_done = epoch + (index == spe - 1)
-        run.preempt(self.ckpt, done, state, dict(checkpoint_record(done, epochs_done),
-                                              epoch_sums=sums))
+        run.preempt(self.ckpt, done, state, dict(task.checkpoint_record(done, epochs_done),
+                                              epoch_sums=log.sums))
     self.ckpt.wait()
     return record
+
+  def run(self, state, meta: dict, task: Task) -> dict:
+    """`train`, then close the checkpointer (waiting for the last save) and the writer."""
+    record = self.train(state, meta, task)
+    self.ckpt.close()
+    self.writer.close()
+    return record
+
+
+class _StepLog:
+  """The step metrics of one run: pending on the devices until `fetch` checks them for
+  NaN/inf, sums them into the epoch's, shows them and writes every log_every_steps."""
+
+  def __init__(self, loop: Loop, task: Task, total_steps: int):
+    c = loop.config
+    self.loop, self.task = loop, task
+    self.progress = metrics.Progress(total_steps, c.data.batch_size, c.log_every_steps)
+    self.sums: dict[str, float] = {}
+    self.pending: list[tuple[int, dict]] = []
+    self.t_fetch = self.t_epoch = time.time()
+
+  def new_epoch(self) -> None:
+    self.sums, self.t_epoch = {}, time.time()
+
+  def means(self) -> dict:
+    return {k: v / self.task.steps_per_epoch for k, v in self.sums.items()}
+
+  def fetch(self) -> None:
+    """Fetch, check, sum, show and write the pending steps' metrics."""
+    loop, c, spe = self.loop, self.loop.config, self.task.steps_per_epoch
+    fetched = jax.device_get([m for _, m in self.pending])
+    seconds = (time.time() - self.t_fetch) / len(self.pending)
+    for (done, _), m in zip(self.pending, fetched):
+      m = {k: float(v) for k, v in m.items()}
+      run.check_finite(m, done, loop.ckpt, loop.workdir)
+      for k, v in m.items():
+        self.sums[k] = self.sums.get(k, 0.0) + v
+      self.progress.update(done, seconds,
+                           f"epoch {(done - 1) // spe + 1}/{c.epochs} {self.task.describe(m)}")
+      if done % c.log_every_steps == 0:
+        loop.writer.write("train", done, m)
+    self.pending, self.t_fetch = [], time.time()

@@ -80,6 +80,14 @@ def depthwise_impl(platform: str | None = None) -> str:
   return next(name for name, i in IMPLEMENTATIONS.items() if platform in i.auto_on)
 
 
+def impl_of(name: str) -> str:
+  """The implementation that config.model.impl = name runs: `depthwise_impl()` for auto;
+  ValueError for a name that is neither auto nor one of IMPLEMENTATIONS."""
+  if name not in ("auto",) + IMPLS:
+    raise ValueError(f"config.model.impl={name!r}; use auto or one of {', '.join(IMPLS)}")
+  return depthwise_impl() if name == "auto" else name
+
+
 def autodiff_impl(impl: str) -> str:
   """The implementation equal to `impl` that also supports forward-mode autodiff."""
   return "fused_autodiff" if impl == "fused" else impl

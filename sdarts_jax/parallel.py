@@ -112,6 +112,14 @@ def batch_sharded(mesh: Mesh, axis: int = 0) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(*([None] * axis), DATA_AXIS))
 
 
+def data_parallel(batch_size: int) -> tuple[Mesh, NamedSharding, NamedSharding]:
+  """(the mesh of every device, the replicated sharding, the batch-sharded one) of a run,
+  after checking that config.data.batch_size (`batch_size`) divides over the devices."""
+  mesh = make_mesh()
+  check_batch(batch_size, mesh, "config.data.batch_size")
+  return mesh, replicated(mesh), batch_sharded(mesh)
+
+
 def check_batch(batch_size: int, mesh: Mesh, field: str) -> None:
   """ValueError unless the global batch splits evenly over the mesh."""
   n = mesh.devices.size

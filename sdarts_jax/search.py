@@ -2,8 +2,8 @@
 
 `train_and_evaluate(config, workdir)` runs a whole search and is what `main.py` calls.
 It reads top to bottom: checks, mesh, data, model and state, compiled functions,
-checkpoint, then the loop that evaluation training shares (`sdarts_jax.loop`) with the
-search's end of an epoch (`EpochReport`). The step itself is defined in `sdarts_jax.step`
+checkpoint, then the loop that evaluation training shares (`sdarts_jax.loop`) with the search as its task (`search_task`:
+the end of an epoch, `EpochReport`, and the Hessian's early stop). The step itself is defined in `sdarts_jax.step`
 and compiled by `sdarts_jax.scan_step` (CPU) or `sdarts_jax.accel_step` (TPU/GPU).
 """
 from __future__ import annotations
@@ -63,9 +63,7 @@ def check_config(config) -> None:
   if config.data.cutout_schedule not in data.CUTOUT_SCHEDULES:
     raise ValueError(f"config.data.cutout_schedule={config.data.cutout_schedule!r}; use one "
                      f"of {', '.join(data.CUTOUT_SCHEDULES)}")
-  if config.model.impl not in ("auto",) + ops.IMPLS:
-    raise ValueError(f"config.model.impl={config.model.impl!r}; use auto or one of "
-                     f"{', '.join(ops.IMPLS)}")
+  ops.impl_of(config.model.impl)  # an unknown implementation's error
   if config.eval_bn not in EVAL_BN:
     raise ValueError(f"config.eval_bn={config.eval_bn!r}; use one of {', '.join(EVAL_BN)}")
 
@@ -87,7 +85,7 @@ def build_model(config, num_classes: int):
   """The supernet of the space: `supernet.Supernet` (PC-DARTS's with
   config.model.partial_k > 1), `supernet.NB201Supernet` or `supernet.OneShot1Supernet`."""
   m = config.model
-  impl = ops.depthwise_impl() if m.impl == "auto" else m.impl
+  impl = ops.impl_of(m.impl)
   space = spaces.get_space(config.space)
   if isinstance(space, spaces.OneShot1Space):
     return supernet.OneShot1Supernet(space, num_classes, m.channels, m.layers, impl,
@@ -196,14 +194,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   run.start(config, workdir)
 
   # Mesh.
-  mesh = parallel.make_mesh()
-  parallel.check_batch(config.data.batch_size, mesh, "config.data.batch_size")
-  replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  mesh, replicated, sharded = parallel.data_parallel(config.data.batch_size)
 
   # Input.
   source, batches, eval_source = search_data(config)
   spe = batches.steps_per_epoch
-  total_steps = config.epochs * spe
 
   # Model and state.
   model = build_model(config, source.num_classes)
@@ -211,9 +206,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                  out_shardings=replicated)
 
   # Compiled functions.
-  train_step = jax.jit(make_train_step(model, config, spe, source),
-                       in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
-                       donate_argnums=0)
+  train_step = loop.compile_step(make_train_step(model, config, spe, source), replicated,
+                                 sharded)
   infer = jax.jit(make_infer(model, source, config.seed),
                   in_shardings=(replicated, replicated, replicated, sharded),
                   out_shardings=replicated)
@@ -232,18 +226,38 @@ def train_and_evaluate(config, workdir: str) -> dict:
     run.log(f"this run stopped early at epoch {meta['epoch']} (RobustDARTS rule); nothing to do")
     return {}
 
+  # The loop.
   writer = metrics.MetricWriter(workdir)
   if int(state["step"]) == 0:
-    variant = f", second order (H v {config.alpha.hvp})" if config.alpha.order == 2 else ""
-    if config.model.get("partial_k", 1) > 1:
-      variant += f", PC-DARTS K={config.model.partial_k}"
-    run.log(f"search: {config.method}{variant} on {source.name} ({len(source.labels)} images, "
-            f"{spe} steps/epoch, {config.epochs} epochs), space {config.space}, "
-            f"{model.num_cells} cells, C={config.model.channels}, batch "
-            f"{config.data.batch_size}, {mesh.devices.size} device(s); compiling the step...")
-
+    run.log(_start_line(config, source, spe, model, mesh))
   report = EpochReport(config, model, eval_source, infer, sharded, writer, workdir, table,
                        estimate_bn)
+  batches_from = lambda start: (data.to_global(batches.batch(*divmod(s, spe)), sharded)
+                                for s in range(start, config.epochs * spe))
+  record = loop.Loop(config, ckpt, writer, workdir).run(
+      state, meta, search_task(spe, train_step, batches_from, report, tracker))
+  if metrics.is_writer():
+    _draw_cell(os.path.join(workdir, "genotype.json"))
+  return record
+
+
+def _start_line(config, source: data.Source, spe: int, model, mesh) -> str:
+  """What a new search prints before compiling its step."""
+  variant = f", second order (H v {config.alpha.hvp})" if config.alpha.order == 2 else ""
+  if config.model.get("partial_k", 1) > 1:
+    variant += f", PC-DARTS K={config.model.partial_k}"
+  return (f"search: {config.method}{variant} on {source.name} ({len(source.labels)} images, "
+          f"{spe} steps/epoch, {config.epochs} epochs), space {config.space}, "
+          f"{model.num_cells} cells, C={config.model.channels}, batch "
+          f"{config.data.batch_size}, {mesh.devices.size} device(s); compiling the step...")
+
+
+def search_task(steps_per_epoch: int, train_step, batches_from, report: EpochReport,
+                tracker: HessianTracker) -> loop.Task:
+  """The search as the loop's task: at an epoch's end the report (`EpochReport`), then the
+  Hessian measurement and RobustDARTS's early stop, which keeps the genotype of the epoch
+  it names; the checkpoints also hold lambda_max's history and the early stop."""
+  writer, workdir = report.writer, report.workdir
 
   def end_of_epoch(state, epoch, means, seconds, done):
     record = report(state, epoch, done, means, seconds)
@@ -260,19 +274,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   def checkpoint_record(done, epochs_done):
     early_stopped = {"early_stopped": True} if tracker.stop_epoch() is not None else {}
-    return {"step": done, "epoch": epochs_done, "lambda_max": tracker.history, **early_stopped}
+    return {**loop.epoch_record(done, epochs_done), "lambda_max": tracker.history,
+            **early_stopped}
 
-  batches_from = lambda start: (data.to_global(batches.batch(*divmod(s, spe)), sharded)
-                                for s in range(start, total_steps))
   describe = lambda m: (f"loss {m['train_loss']:.3f} acc {m['train_accuracy']:.3f} "
                         f"eps {m['eps']:.3f}")
-  record = loop.Loop(config, ckpt, writer, workdir).train(
-      state, meta, spe, train_step, batches_from, end_of_epoch, checkpoint_record, describe)
-  ckpt.close()
-  writer.close()
-  if metrics.is_writer():
-    _draw_cell(os.path.join(workdir, "genotype.json"))
-  return record
+  return loop.Task(steps_per_epoch, train_step, batches_from, end_of_epoch, describe,
+                   checkpoint_record)
 
 
 @dataclasses.dataclass

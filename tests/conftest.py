@@ -123,3 +123,40 @@ def assert_close_normwise(actual, desired, tol: float, err_msg: str = ""):
 @pytest.fixture
 def make_config():
   return tiny_config
+
+
+@pytest.fixture(scope="module")
+def module_compilation_cache(tmp_path_factory):
+  """Runs in the module that uses it (`pytestmark = pytest.mark.usefixtures(...)`) share
+  compiled steps through JAX's persistent cache, as a user's resumed run does."""
+  import jax
+  before = jax.config.jax_compilation_cache_dir
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  yield
+  jax.config.update("jax_compilation_cache_dir", before)
+
+
+def tiny_search(method_name="adv", steps_per_epoch=4, **overrides):
+  """(config, model, initial state, batches, preprocess) of `tiny_config`'s search:
+  batches a `data.SearchBatches` (its source: batches.source), preprocess(key, images)
+  with augmentation."""
+  import jax
+  from sdarts_jax import data, search
+  config = tiny_config(method_name, **overrides)
+  source = data.load(config.data, "train")
+  batches = data.SearchBatches(source, 0.5, config.data.batch_size, config.seed)
+  model = search.build_model(config, source.num_classes)
+  state = jax.jit(lambda: search.init_state(model, config, source.images.shape[1:],
+                                            steps_per_epoch))()
+  preprocess = lambda key, images: data.preprocess(key, images, source.mean, source.std, True)
+  return config, model, state, batches, preprocess
+
+
+def hessian_batches(source):
+  """Two batches of 8 of source's first images, normalised (no augmentation):
+  images [2, 8, H, W, 3], labels [2, 8]."""
+  import jax.numpy as jnp
+  from sdarts_jax import data
+  x = data.preprocess(None, source.images[:16], source.mean, source.std, False)
+  return x.reshape((2, 8) + x.shape[1:]), jnp.asarray(source.labels[:16]).reshape(2, 8)

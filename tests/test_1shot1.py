@@ -12,6 +12,7 @@ import pytest
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
+import reference
 from conftest import final_state, override, sigterm_after
 from sdarts_jax import (defaults, genotype, hessian, metrics, nb101, oneshot1, parallel, run,
                         search, spaces, supernet)
@@ -49,18 +50,6 @@ def test_parameter_count_equals_the_official_model(name, official):
   assert sum(x.size for x in jax.tree.leaves(shapes["params"])) == official
 
 
-def _bn(y, scale=None, bias=None):
-  mean, var = y.mean((0, 1, 2)), y.var((0, 1, 2))
-  y = (y - mean) / jnp.sqrt(var + 1e-5)
-  return y if scale is None else y * scale + bias
-
-
-def _conv(x, kernel):
-  pad = (kernel.shape[0] - 1) // 2
-  return lax.conv_general_dilated(x, kernel, (1, 1), [(pad, pad)] * 2,
-                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
 def _max_pool(x, size, pad):
   stride = 1 if size == 3 else 2
   return lax.reduce_window(x, -jnp.inf, lax.max, (1, size, size, 1), (1, stride, stride, 1),
@@ -71,8 +60,8 @@ def _plain_forward(params, x, A, cell: nb101.Space, layers: int):
   """The reference's Network.forward in train mode, written out: every projection its own
   1x1 conv-bn-relu (the columns of our joint "proj" kernel)."""
   def cbr(h, p, cols=slice(None)):
-    return jax.nn.relu(_bn(_conv(h, p["kernel"][..., cols]), p["bn"]["scale"][cols],
-                           p["bn"]["bias"][cols]))
+    return jax.nn.relu(reference.bn(reference.conv(h, p["kernel"][..., cols]),
+                                    p["bn"]["scale"][cols], p["bn"]["bias"][cols]))
 
   s = cbr(x, params["stem"])
   for i in range(layers):
@@ -91,7 +80,7 @@ def _plain_forward(params, x, A, cell: nb101.Space, layers: int):
       states.append(sum(w * o for w, o in zip(A["mixed_op"][v - 1], candidates)))
     out = [A["output"][0, v] * t for v, t in enumerate(states, start=1)]
     s = A["output"][0, 0] * cbr(s, p["proj"], slice(n * c, None)) + jnp.concatenate(out, -1)
-  s = _bn(_conv(jax.nn.relu(s), params["post_kernel"]))
+  s = reference.bn(reference.conv(jax.nn.relu(s), params["post_kernel"]))
   return s.mean((1, 2)) @ params["classifier_kernel"] + params["classifier_bias"]
 
 

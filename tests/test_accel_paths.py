@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import hessian_batches, tiny_config, tiny_search
 from sdarts_jax import data, hessian, ops, parallel, scan_step, search
 
 KEY = jax.random.PRNGKey(0)
@@ -105,12 +105,8 @@ def test_compiled_lanczos_on_a_mesh_equals_host_driven():
   """The search's Hessian tracker on an accelerator (loops compiled, jitted with the batch
   sharded over 4 devices) and on CPU (loops driven from Python, one device): the same
   Lanczos coefficients, so the same eigenvalues, in float32."""
-  config = tiny_config("darts", **{"model.impl": "grouped"})
-  source = data.load(config.data, "train")
-  model = search.build_model(config, source.num_classes)
-  state = jax.jit(lambda: search.init_state(model, config, source.images.shape[1:], 4))()
-  x = data.preprocess(None, source.images[:16], source.mean, source.std, False)
-  images, labels = x.reshape(2, 8, 8, 8, 3), jnp.asarray(source.labels[:16]).reshape(2, 8)
+  _, model, state, batches, _ = tiny_search("darts", **{"model.impl": "grouped"})
+  images, labels = hessian_batches(batches.source)
   options = hessian.HessianLoss("alpha", True, 1e-3)
   args = (state["params"], state["batch_stats"], state["alpha"], images, labels, KEY)
   host = hessian.Measure(model, options, k=3, num_iters=12, host=True)

@@ -6,18 +6,13 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import assert_close_normwise, tiny_config
-from sdarts_jax import accel_step, data, scan_step, search
+from conftest import assert_close_normwise, tiny_search
+from sdarts_jax import accel_step, scan_step
 
 
 @pytest.mark.parametrize("method", ["darts", "rs", "adv"])
 def test_static_step_equals_scan_step(method):
-  config = tiny_config(method)
-  source = data.load(config.data, "train")
-  batches = data.SearchBatches(source, 0.5, config.data.batch_size, config.seed)
-  model = search.build_model(config, source.num_classes)
-  state = jax.jit(lambda: search.init_state(model, config, source.images.shape[1:], 4))()
-  preprocess = lambda k, im: data.preprocess(k, im, source.mean, source.std, True)
+  config, model, state, batches, preprocess = tiny_search(method)
   batch = batches.batch(0, 1)
   s_scan, m_scan = jax.jit(scan_step.make_step(model, config, 4, preprocess))(state, batch)
   s_static, m_static = jax.jit(accel_step.make_static_step(model, config, 4, preprocess))(

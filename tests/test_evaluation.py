@@ -26,14 +26,8 @@ ALL_SKIP = {"normal": [["skip_connect", 0], ["skip_connect", 1]] * 4,
             "reduce_concat": [2, 3, 4, 5]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-  """Training runs in this module share compiled steps, as a resumed run does."""
-  before = jax.config.jax_compilation_cache_dir
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  yield
-  jax.config.update("jax_compilation_cache_dir", before)
+# Training runs in this module share compiled steps, as a resumed run does.
+pytestmark = pytest.mark.usefixtures("module_compilation_cache")
 
 
 def tiny_config(**overrides):

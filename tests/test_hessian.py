@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_config
-from sdarts_jax import data, hessian, parallel, search
+from conftest import hessian_batches, tiny_search
+from sdarts_jax import hessian, parallel
 
 KEY = jax.random.PRNGKey(0)
 
@@ -16,12 +16,8 @@ KEY = jax.random.PRNGKey(0)
 @functools.lru_cache(maxsize=None)
 def setup():
   """A tiny supernet after init, two batches of 8 images: [2, 8, 8, 8, 3]."""
-  config = tiny_config("darts")
-  source = data.load(config.data, "train")
-  model = search.build_model(config, source.num_classes)
-  state = jax.jit(lambda: search.init_state(model, config, source.images.shape[1:], 4))()
-  x = data.preprocess(None, source.images[:16], source.mean, source.std, False)
-  return model, state, x.reshape(2, 8, 8, 8, 3), jnp.asarray(source.labels[:16]).reshape(2, 8)
+  _, model, state, batches, _ = tiny_search("darts")
+  return (model, state, *hessian_batches(batches.source))
 
 
 def _f64(tree):

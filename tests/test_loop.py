@@ -56,11 +56,9 @@ def train(c, state=None, meta=None, stop_at_epoch=None):
     epochs.append(record)
     return record, stop_at_epoch == epoch + 1
 
-  record = loop.Loop(c, ckpt, writer, "unused").train(
-      state, meta or {}, 4, step_fn,
-      lambda start: (jnp.float32(s + 1) for s in range(start, c.epochs * 4)),
-      end_of_epoch, lambda done, epochs_done: {"step": done, "epoch": epochs_done},
-      lambda m: f"loss {m['train_loss']}")
+  record = loop.Loop(c, ckpt, writer, "unused").train(state, meta or {}, loop.Task(
+      4, step_fn, lambda start: (jnp.float32(s + 1) for s in range(start, c.epochs * 4)),
+      end_of_epoch, lambda m: f"loss {m['train_loss']}"))
   return record, epochs, ckpt, writer
 
 
@@ -89,8 +87,9 @@ def test_non_finite_metric_stops_with_the_last_good_checkpoint():
   batches = lambda start: iter([1.0, 2.0, 3.0, 4.0, 5.0, float("nan"), 7.0, 8.0][start:])
   with pytest.raises(run.RunError, match="non-finite metrics at step 6.*step 4"):
     loop.Loop(config(), ckpt, writer, "w").train(
-        {"step": jnp.int32(0), "total": jnp.float32(0)}, {}, 4, step_fn, batches,
-        lambda *a: ({}, False), lambda d, e: {"step": d}, lambda m: "")
+        {"step": jnp.int32(0), "total": jnp.float32(0)}, {},
+        loop.Task(4, step_fn, batches, lambda *a: ({}, False), lambda m: "",
+                  lambda d, e: {"step": d}))
   assert [s for s, _, _ in ckpt.saved] == [4]
 
 

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax import lax
 
+import reference
 from conftest import assert_close_normwise, override, shared_data
 from sdarts_jax import defaults, genotype, metrics, nb201, spaces, search, supernet
 
@@ -59,18 +59,6 @@ def test_parameter_count_matches_official_code():
     assert size == {k: v for k, v in hand.items() if k != "stem"}
 
 
-def _bn(y):
-  """Non-affine BatchNorm with batch statistics (train mode)."""
-  mean = y.mean((0, 1, 2))
-  return (y - mean) / np.sqrt(y.var((0, 1, 2)) + 1e-5)
-
-
-def _conv(x, kernel, stride=1):
-  pad = (kernel.shape[0] - 1) // 2
-  return np.asarray(lax.conv_general_dilated(x, kernel, (stride, stride), [(pad, pad)] * 2,
-                                             dimension_numbers=("NHWC", "HWIO", "NHWC")))
-
-
 def _avg_pool(x):
   """3x3, stride 1, padding 1, padding left out of the mean, by plain loops."""
   out = np.zeros_like(x)
@@ -101,8 +89,10 @@ def test_cell_matches_a_plain_reference():
       h = nodes[src]
       k1 = p[f"from_{src}"]["nor_conv_1x1"]["NorConv_0"]["kernel"][slot]
       k3 = p[f"from_{src}"]["nor_conv_3x3"]["NorConv_0"]["kernel"][slot]
-      ops = {"none": 0 * h, "skip_connect": h, "nor_conv_1x1": _bn(_conv(np.maximum(h, 0), k1)),
-             "nor_conv_3x3": _bn(_conv(np.maximum(h, 0), k3)), "avg_pool_3x3": _avg_pool(h)}
+      ops = {"none": 0 * h, "skip_connect": h,
+             "nor_conv_1x1": reference.bn(reference.conv(np.maximum(h, 0), k1)),
+             "nor_conv_3x3": reference.bn(reference.conv(np.maximum(h, 0), k3)),
+             "avg_pool_3x3": _avg_pool(h)}
       total = total + sum(A[e, k] * ops[name] for k, name in enumerate(spaces.NB201_OPS))
     nodes.append(total)
   # float32 both sides, summed in other orders; node 3 sums ops whose entries cancel toward
@@ -135,8 +125,8 @@ def test_resnet_block_matches_a_plain_reference():
   got, _ = block.apply(variables, x, True, mutable=["batch_stats"])
   p = variables["params"]
   ka, kb = p["conv_a"]["kernel"][0], p["conv_b"]["kernel"][0]  # BN scale 1, bias 0 at init
-  y = _bn(_conv(np.maximum(x, 0), ka, stride=2))
-  y = _bn(_conv(np.maximum(y, 0), kb))
+  y = reference.bn(reference.conv(np.maximum(x, 0), ka, stride=2))
+  y = reference.bn(reference.conv(np.maximum(y, 0), kb))
   pooled = (x[:, 0::2, 0::2] + x[:, 1::2, 0::2] + x[:, 0::2, 1::2] + x[:, 1::2, 1::2]) / 4
   # As for the cell: normwise (observed 2.4e-7; 1e-5).
   assert_close_normwise(got, y + pooled @ p["shortcut_kernel"][0, 0], 1e-5)

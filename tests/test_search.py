@@ -17,15 +17,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 JPEG = shared_data("cifar10-jpeg")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-  """Runs in this module share compiled steps through JAX's persistent cache, as a user's
-  resumed run does."""
-  before = jax.config.jax_compilation_cache_dir
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  yield
-  jax.config.update("jax_compilation_cache_dir", before)
+pytestmark = pytest.mark.usefixtures("module_compilation_cache")
 
 
 def test_search_writes_outputs_and_resumes_exactly(tmp_path, monkeypatch):

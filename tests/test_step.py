@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import assert_close_normwise, tiny_config
+from conftest import assert_close_normwise, tiny_search
 from sdarts_jax import (data, genotype, losses, parallel, perturb, scan_step, search, step,
                         supernet)
 
@@ -18,13 +18,7 @@ SPE = 4  # steps per epoch used by the schedules
 @functools.lru_cache(maxsize=None)
 def setup(method):
   """(config, model, initial state, batches, preprocess) for a tiny search."""
-  config = tiny_config(method)
-  source = data.load(config.data, "train")
-  batches = data.SearchBatches(source, 0.5, config.data.batch_size, config.seed)
-  model = search.build_model(config, source.num_classes)
-  state = jax.jit(lambda: search.init_state(model, config, source.images.shape[1:], SPE))()
-  preprocess = lambda key, images: data.preprocess(key, images, source.mean, source.std, True)
-  return config, model, state, batches, preprocess
+  return tiny_search(method, SPE)
 
 
 @functools.lru_cache(maxsize=None)

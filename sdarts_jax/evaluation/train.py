@@ -31,9 +31,7 @@ def check_config(config) -> None:
   if config.model.stem not in network.STEMS:
     raise ValueError(f"config.model.stem={config.model.stem!r}; use one of "
                      f"{', '.join(network.STEMS)}")
-  if config.model.impl not in ("auto",) + ops.IMPLS:
-    raise ValueError(f"config.model.impl={config.model.impl!r}; use auto or one of "
-                     f"{', '.join(ops.IMPLS)}")
+  ops.impl_of(config.model.impl)  # an unknown implementation's error
   if config.optim.schedule not in optim.TRAINING_SCHEDULES:
     raise ValueError(f"config.optim.schedule={config.optim.schedule!r}; use one of "
                      f"{', '.join(optim.TRAINING_SCHEDULES)}")
@@ -61,7 +59,7 @@ def drop_prob_at(count, max_prob: float, epochs: int, steps_per_epoch: int):
 
 def build_model(config, num_classes: int) -> network.Network:
   m = config.model
-  impl = ops.depthwise_impl() if m.impl == "auto" else m.impl
+  impl = ops.impl_of(m.impl)
   return network.build(genotype.resolve(config.arch), num_classes, m.channels, m.layers,
                        m.stem, m.auxiliary, impl, m.bn_momentum)
 
@@ -140,9 +138,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   run.start(config, workdir)
 
   # Mesh.
-  mesh = parallel.make_mesh()
-  parallel.check_batch(config.data.batch_size, mesh, "config.data.batch_size")
-  replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  mesh, replicated, sharded = parallel.data_parallel(config.data.batch_size)
 
   # Input.
   inputs = input_pipeline.make_input(config.data, config.seed, mesh)
@@ -155,9 +151,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   num_params = network.count_params(jax.eval_shape(init)["params"])
 
   # Compiled functions.
-  train_step = jax.jit(make_train_step(model, config, spe, inputs.preprocess),
-                       in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
-                       donate_argnums=0)
+  train_step = loop.compile_step(make_train_step(model, config, spe, inputs.preprocess),
+                                 replicated, sharded)
   infer = jax.jit(make_infer(model, inputs.preprocess, config.seed),
                   in_shardings=(replicated, replicated, sharded), out_shardings=replicated)
 
@@ -165,16 +160,24 @@ def train_and_evaluate(config, workdir: str) -> dict:
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoints_to_keep)
   state, meta = run.restore_or_init(ckpt, init, replicated, workdir)
 
+  # The loop.
   writer = metrics.MetricWriter(workdir)
   if int(state["step"]) == 0:
     run.log(f"train: {config.arch} on {config.data.folder or config.data.name} ({spe} steps/epoch, "
             f"{config.epochs} epochs), {config.model.layers} cells, C={config.model.channels}, "
             f"{num_params:,} parameters without the auxiliary head, batch "
             f"{config.data.batch_size}, {mesh.devices.size} device(s); compiling the step...")
+  task = training_task(config, inputs, train_step, infer, writer, num_params)
+  return loop.Loop(config, ckpt, writer, workdir).run(state, meta, task)
 
+
+def training_task(config, inputs, train_step, infer, writer: metrics.MetricWriter,
+                  num_params: int) -> loop.Task:
+  """Evaluation training as the loop's task: the batches of `inputs`
+  (`input_pipeline.make_input`) from any step on, and at an epoch's end the means of the
+  train metrics and the test loss / top-1 / top-5 (every config.eval_every_epochs epochs and
+  after the last), logged and written."""
   def end_of_epoch(state, epoch, means, seconds, done):
-    """The epoch's means of the train metrics, test loss / top-1 / top-5 (every
-    config.eval_every_epochs epochs and after the last): logged and written."""
     record = dict(means, epoch=epoch + 1, seconds=seconds, params=num_params)
     if config.eval_every_epochs and ((epoch + 1) % config.eval_every_epochs == 0
                                      or epoch + 1 == config.epochs):
@@ -192,16 +195,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return record, False
 
   def batches_from(start):
-    first_epoch, offset = divmod(start, spe)
+    first_epoch, offset = divmod(start, inputs.steps_per_epoch)
     for epoch in range(first_epoch, config.epochs):
       yield from inputs.train_epoch(epoch, offset if epoch == first_epoch else 0)
 
-  checkpoint_record = lambda done, epochs_done: {"step": done, "epoch": epochs_done}
   describe = lambda m: (f"loss {m['train_loss']:.3f} acc {m['train_accuracy']:.3f} "
                         f"lr {m['lr']:.4f}")
-  record = loop.Loop(config, ckpt, writer, workdir).train(
-      state, meta, spe, train_step, batches_from, end_of_epoch, checkpoint_record, describe)
-  ckpt.close()
-  writer.close()
-  return record
-
+  return loop.Task(inputs.steps_per_epoch, train_step, batches_from, end_of_epoch, describe)
