@@ -95,6 +95,8 @@ def main(argv):
     print(no_data_message(str(e), f.fallback), file=sys.stderr)
     sys.exit(2)
   record = run.as_command(search.train_and_evaluate, config, f.workdir)
+  from sdarts_jax.analysis import draw  # matplotlib only now (it may log building its cache)
+  draw.draw_final_cell(os.path.join(f.workdir, "genotype.json"))
   print(f"\ndemo finished: genotype in {f.workdir}/genotype.json, metrics in "
         f"{f.workdir}/metrics.jsonl, checkpoints in {f.workdir}/checkpoints "
         f"(eval accuracy {record.get('eval_accuracy', float('nan')):.3f})")

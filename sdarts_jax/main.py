@@ -6,6 +6,7 @@ line on stderr and exit status 2, not a traceback.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags
@@ -52,6 +53,9 @@ def main(argv):
   with parallel.end_with_the_others():
     if config.mode == "search":
       run.as_command(search.train_and_evaluate, config, flags.FLAGS.workdir)
+      # matplotlib only now: importing it can build its font cache and log about it.
+      from sdarts_jax.analysis import draw
+      draw.draw_final_cell(os.path.join(flags.FLAGS.workdir, "genotype.json"))
     elif config.mode == "train":
       from sdarts_jax.evaluation import train
       run.as_command(train.train_and_evaluate, config, flags.FLAGS.workdir)

@@ -1,8 +1,9 @@
 """The search (docs/method.md, sections 1, 2 and 5): epochs, schedules, metrics, genotype, checkpoints.
 
-`train_and_evaluate(config, workdir)` runs a whole search and is what `main.py` calls.
-It reads top to bottom: checks, mesh, data, model and state, compiled functions,
-checkpoint, then the loop that evaluation training shares (`sdarts_jax.loop`) with the search as its task (`search_task`:
+`train_and_evaluate(config, workdir)` runs a whole search and is what `main.py` calls
+(which then draws the final cell, `analysis.draw.draw_final_cell`). It reads top to bottom:
+checks, mesh, data, model and state, compiled functions, checkpoint, then the loop that
+evaluation training shares (`sdarts_jax.loop`) with the search as its task (`search_task`:
 the end of an epoch, `EpochReport`, and the Hessian's early stop). The step itself is defined in `sdarts_jax.step`
 and compiled by `sdarts_jax.scan_step` (CPU) or `sdarts_jax.accel_step` (TPU/GPU).
 """
@@ -234,11 +235,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                        estimate_bn)
   batches_from = lambda start: (data.to_global(batches.batch(*divmod(s, spe)), sharded)
                                 for s in range(start, config.epochs * spe))
-  record = loop.Loop(config, ckpt, writer, workdir).run(
+  return loop.Loop(config, ckpt, writer, workdir).run(
       state, meta, search_task(spe, train_step, batches_from, report, tracker))
-  if metrics.is_writer():
-    _draw_cell(os.path.join(workdir, "genotype.json"))
-  return record
 
 
 def _start_line(config, source: data.Source, spe: int, model, mesh) -> str:
@@ -340,18 +338,6 @@ class EpochReport:
 
 def _genotype_path(workdir: str, epoch: int) -> str:
   return os.path.join(workdir, "genotypes", f"epoch_{epoch:03d}.json")
-
-
-def _draw_cell(path: str) -> None:
-  """The final cell's drawing beside its genotype file (`draw.draw_beside`: genotype.png,
-  genotype.svg). A failure is a warning: the search's results stand without the picture.
-  matplotlib is imported here, at the end of a search: importing it can build its font cache
-  and log about it, which a command's output should not show."""
-  try:
-    from sdarts_jax.analysis import draw  # pylint: disable=import-outside-toplevel
-    draw.draw_beside(path)
-  except Exception as e:  # noqa: BLE001 (a bug in the drawing must not cost a search)
-    metrics.warn(f"could not draw the cell in {path}: {type(e).__name__}: {e}")
 
 
 class HessianTracker:

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from sdarts_jax import nb101, run, search
+from sdarts_jax import nb101, run
 from sdarts_jax.analysis import draw
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -125,7 +125,7 @@ def test_a_failed_drawing_is_a_warning_for_the_search(tmp_path, capsys, monkeypa
   def broken(path):
     raise RuntimeError("no room")
   monkeypatch.setattr(draw, "draw_beside", broken)
-  search._draw_cell(str(tmp_path / "genotype.json"))
+  draw.draw_final_cell(str(tmp_path / "genotype.json"))
   assert capsys.readouterr().err == (f"warning: could not draw the cell in "
                                      f"{tmp_path}/genotype.json: RuntimeError: no room\n")
 
@@ -133,6 +133,6 @@ def test_a_failed_drawing_is_a_warning_for_the_search(tmp_path, capsys, monkeypa
 def test_the_search_draws_its_genotype_file(tmp_path, capsys):
   path = tmp_path / "genotype.json"
   path.write_text(json.dumps({"nb201": NB201_CELL}))
-  search._draw_cell(str(path))
+  draw.draw_final_cell(str(path))
   check_images(tmp_path / "genotype")
   assert capsys.readouterr().err == ""

@@ -27,7 +27,7 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 from matplotlib.path import Path
 
 from sdarts_jax import genotype as genotype_lib
-from sdarts_jax import nb201, run, spaces
+from sdarts_jax import metrics, nb201, run, spaces
 
 DARTS_INPUTS, DARTS_OUTPUT = ("c_{k-2}", "c_{k-1}"), "c_{k}"
 CELL_TITLES = {"normal": "normal cell", "reduce": "reduction cell"}
@@ -307,6 +307,19 @@ def draw(genotype: dict, stem: str) -> dict[str, list[Edge]]:
 def draw_beside(path: str) -> dict[str, list[Edge]]:
   """Draw the genotype file `path` (x.json) into x.png and x.svg beside it."""
   return draw(genotype_lib.load(path), os.path.splitext(path)[0])
+
+
+def draw_final_cell(path: str) -> None:
+  """A search's final cell drawn beside its genotype file (`draw_beside`: genotype.png,
+  genotype.svg) by the process that writes the run's outputs, as the search commands
+  (`sdarts_jax.main`, `sdarts_jax.demo`) do when a search ends. A failure is a warning: the
+  search's results stand without the picture."""
+  if not metrics.is_writer():
+    return
+  try:
+    draw_beside(path)
+  except Exception as e:  # noqa: BLE001 (a bug in the drawing must not cost a search)
+    metrics.warn(f"could not draw the cell in {path}: {type(e).__name__}: {e}")
 
 
 # ---------------------------------------------------------------- command line
