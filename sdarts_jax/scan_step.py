@@ -24,6 +24,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 
@@ -220,11 +221,11 @@ def make_step(model, config, steps_per_epoch: int, preprocess):
   lr_of = optim.weight_lr(config.weights, config.epochs, steps_per_epoch)
   phases = plan(config)
   kinds = list(dict.fromkeys(p.name for p in phases))
-  scanned = (jnp.array([kinds.index(p.name) for p in phases], jnp.int32),
-             jnp.array(step.noise_indices(tuple(p.name for p in phases)), jnp.int32),
-             jnp.array([p.batch for p in phases], jnp.int32),
-             jnp.array([p.train_bn for p in phases], jnp.bool_),
-             jnp.array([p.need for p in phases], jnp.int32))
+  scanned = (np.array([kinds.index(p.name) for p in phases], np.int32),  # host constants
+             np.array(step.noise_indices(tuple(p.name for p in phases)), np.int32),
+             np.array([p.batch for p in phases], np.int32),
+             np.array([p.train_bn for p in phases], np.bool_),
+             np.array([p.need for p in phases], np.int32))
   body = _body(model, kinds)
 
   def run(state, batch):

@@ -4,8 +4,9 @@
 (which then draws the final cell, `analysis.draw.draw_final_cell`). It reads top to bottom:
 checks, mesh, data, model and state, compiled functions, checkpoint, then the loop that
 evaluation training shares (`sdarts_jax.loop`) with the search as its task (`search_task`:
-the end of an epoch, `EpochReport`, and the Hessian's early stop). The step itself is defined in `sdarts_jax.step`
-and compiled by `sdarts_jax.scan_step` (CPU) or `sdarts_jax.accel_step` (TPU/GPU).
+the end of an epoch, `EpochReport`, and the Hessian's early stop). The step itself is
+defined in `sdarts_jax.step` and compiled by `sdarts_jax.scan_step` (CPU) or
+`sdarts_jax.accel_step` (TPU/GPU).
 """
 from __future__ import annotations
 

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_close_normwise, tiny_search
-from sdarts_jax import (data, genotype, losses, parallel, perturb, scan_step, search, step,
-                        supernet)
+from sdarts_jax import data, genotype, losses, parallel, perturb, scan_step, step, supernet
 
 SPE = 4  # steps per epoch used by the schedules
 
