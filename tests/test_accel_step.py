@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import assert_close_normwise, tiny_search
+from conftest import assert_close_normwise, tiny_config, tiny_search
 from sdarts_jax import accel_step, scan_step
 
 
