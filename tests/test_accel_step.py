@@ -3,7 +3,6 @@ scan step (`scan_step.make_step`, the CPU default, itself tested against the pla
 test_step.py): from the same state and batch, the same new state and metrics, for SDARTS-RS
 and SDARTS-ADV."""
 import jax
-import numpy as np
 import pytest
 
 from conftest import assert_close_normwise, tiny_config, tiny_search
