@@ -264,6 +264,8 @@ class Verdict:
   estimated_by: str
   per_run: int
   batch_per_chip: int
+  compile_cpu_s: float = 0.0  # the compiler's CPU time (all its threads): unlike compile_s,
+                              # about the same on a busy machine as on a quiet one
 
 
 def loop_factor(loops: tuple[int, ...]) -> float:
@@ -309,9 +311,9 @@ def compile_program(program: Program, chip: Chip, chips: int, effort: float):
   t = time.perf_counter()
   lowered = program.lower()
   lower_s = time.perf_counter() - t
-  t = time.perf_counter()
+  t, cpu = time.perf_counter(), time.process_time()
   compiled = lowered.compile({"exec_time_optimization_effort": effort})
-  compile_s = time.perf_counter() - t
+  compile_s, compile_cpu_s = time.perf_counter() - t, time.process_time() - cpu
   m = compiled.memory_analysis()
   memory = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
             + m.temp_size_in_bytes + m.generated_code_size_in_bytes)
@@ -323,7 +325,7 @@ def compile_program(program: Program, chip: Chip, chips: int, effort: float):
   step_s, how = estimate(flops, accessed, factor, chip, optimal)
   return Verdict(program.name, lower_s, compile_s, int(memory), int(m.argument_size_in_bytes),
                  int(m.temp_size_in_bytes), flops, accessed, factor, optimal, step_s, how,
-                 program.per_run, program.batch // chips), compiled
+                 program.per_run, program.batch // chips, compile_cpu_s), compiled
 
 
 def largest_batch_that_fits(v: Verdict, chip: Chip) -> int:
@@ -377,7 +379,8 @@ def check(config, topology: str, programs: list[str], effort: float = 0.0,
     log(f"compiling {program.name} for {topology} ({len(devices)} chips, impl "
         f"{config.model.impl})...")
     v, _ = compile_program(program, chip, len(devices), effort)
-    log(f"  {program.name}: lowered in {v.lower_s:.1f} s, compiled in {v.compile_s:.1f} s, "
+    log(f"  {program.name}: lowered in {v.lower_s:.1f} s, compiled in {v.compile_s:.1f} s "
+        f"({v.compile_cpu_s:.1f} s of CPU), "
         f"{v.memory_bytes / 2**30:.3f} GiB per chip")
     verdicts.append(v)
     if v.memory_bytes > chip.hbm_gib * 2**30:
