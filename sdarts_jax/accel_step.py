@@ -53,7 +53,8 @@ def make_static_step(model, config, steps_per_epoch: int, preprocess):
   if method not in METHODS:
     raise ValueError(f"unknown method {method!r} (config.method); known: {METHODS}")
   if config.alpha.order != 1:
-    raise ValueError("make_static_step is first order; the second order runs scan_step.make_step")
+    raise ValueError("make_static_step is first order; the second order runs "
+                     "scan_step.make_step")
   a_opt = optim.alpha_optimizer(config.alpha)
   w_opt = optim.weight_optimizer(config.weights, config.epochs, steps_per_epoch)
   lr_of = optim.weight_lr(config.weights, config.epochs, steps_per_epoch)
@@ -87,19 +88,8 @@ def make_static_step(model, config, steps_per_epoch: int, preprocess):
     if method == "rs":
       A = perturb.random_start(k_perturb, A, eps)
     elif method == "adv":  # the attack with BatchNorm in inference mode
-      attack_loss = lambda a, index: loss(params, stats, a, x, y, False, index)[0]
-      clean = attack_loss(A, 1)
-      start = perturb.random_start(k_perturb, A, eps) if pgd.random_start else A
-
-      def pgd_step(i, A_adv):
-        grad = jax.grad(attack_loss)(A_adv, 2 + i)
-        return perturb.pgd_update(A_adv, grad, A, eps, 2 * eps / pgd.steps)
-
-      A_adv = lax.fori_loop(0, pgd.steps, pgd_step, start)
-      attacked = attack_loss(A_adv, 2 + pgd.steps)
-      extra = {"clean_loss": clean, "attacked_loss": attacked,
-               "attack_kept": (attacked >= clean).astype(jnp.float32)}
-      A = perturb.accept(A_adv, A, attacked, clean)
+      A, extra = attack(lambda a, index: loss(params, stats, a, x, y, False, index)[0],
+                        k_perturb, A, eps, pgd)
     # 4. Weight step: SGD on the train loss at the perturbed A (BatchNorm in train mode).
     (train_loss, (train_acc, stats)), g_w = jax.value_and_grad(
         lambda p: loss(p, stats, A, x, y, True, len(plan) - 1), has_aux=True)(params)
@@ -112,3 +102,23 @@ def make_static_step(model, config, steps_per_epoch: int, preprocess):
     return new_state, metrics
 
   return step
+
+
+def attack(loss_of, key, A, eps, pgd):
+  """SDARTS-ADV's attack with the PGD steps as one `fori_loop` -> (the A of the weight step,
+  {"clean_loss", "attacked_loss", "attack_kept"}). loss_of(A, index) -> the train loss at
+  mixing weights A (pytree of [edges, ops]) with the noise key of evaluation `index` of the
+  step's plan (1 the clean loss, 2.. the PGD steps, then the attacked loss); pgd:
+  config.perturb."""
+  clean = loss_of(A, 1)
+  start = perturb.random_start(key, A, eps) if pgd.random_start else A
+
+  def pgd_step(i, A_adv):
+    grad = jax.grad(loss_of)(A_adv, 2 + i)
+    return perturb.pgd_update(A_adv, grad, A, eps, 2 * eps / pgd.steps)
+
+  A_adv = lax.fori_loop(0, pgd.steps, pgd_step, start)
+  attacked = loss_of(A_adv, 2 + pgd.steps)
+  return perturb.accept(A_adv, A, attacked, clean), {
+      "clean_loss": clean, "attacked_loss": attacked,
+      "attack_kept": (attacked >= clean).astype(jnp.float32)}
