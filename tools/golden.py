@@ -290,6 +290,30 @@ def pack(tensors: dict[str, np.ndarray], layout: list) -> np.ndarray:
   return np.concatenate([np.asarray(tensors[name], np.float32).ravel() for name, _ in layout])
 
 
+def unpack(fx: dict, flat: np.ndarray, kind: str) -> dict[str, np.ndarray]:
+  """A flat vector of the fixture's `kind` ("params" or "buffers") layout -> {name: array}:
+  `pack`'s inverse (tests/test_golden.py reads the fixtures with its own copy, so that the
+  tests need nothing from tools/)."""
+  out, offset = {}, 0
+  for name, shape in json.loads(str(fx[f"layout/{kind}"])):
+    size = int(np.prod(shape))
+    out[name] = flat[offset:offset + size].reshape(shape)
+    offset += size
+  assert offset == flat.size
+  return out
+
+
+def official_checkout(ref_arg: str, marker: str, ref_commit: str) -> tuple[str, str]:
+  """(the official checkout's absolute root, its commit): ref_commit, or --ref's git HEAD.
+  Exits with one error line when `marker` (a path inside the checkout) is not there."""
+  ref = os.path.abspath(ref_arg)
+  if not os.path.isfile(os.path.join(ref, marker)):
+    sys.exit(f"error: --ref={ref_arg}: no {marker} there; give the root of the official "
+             "SmoothDARTS checkout")
+  return ref, ref_commit or subprocess.run(
+      ["git", "-C", ref, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+
 def build(ts, space: str, start: dict | None, alpha: list[np.ndarray]):
   """The official supernet with `alpha` and (if given) the state_dict `start`."""
   import torch
@@ -492,12 +516,7 @@ def main() -> None:
   p.add_argument("--ref-commit", default="",
                  help="the official commit, recorded in the fixtures (default: --ref's git HEAD)")
   args = p.parse_args()
-  ref = os.path.abspath(args.ref)
-  if not os.path.isfile(os.path.join(ref, "sota", "cnn", "train_search.py")):
-    sys.exit(f"error: --ref={args.ref}: no sota/cnn/train_search.py there; give the root of "
-             "the official SmoothDARTS checkout")
-  commit = args.ref_commit or subprocess.run(
-      ["git", "-C", ref, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+  ref, commit = official_checkout(args.ref, "sota/cnn/train_search.py", args.ref_commit)
   sys.path.insert(0, ROOT)  # sdarts_jax, for the JAX step's random draws
   import torch
 

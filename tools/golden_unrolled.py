@@ -32,10 +32,8 @@ batch pair. Its code is imported from --ref (with tools/golden.py's shims), neve
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
-import subprocess
 import sys
 import warnings
 
@@ -47,22 +45,12 @@ import golden  # noqa: E402  (tools/golden.py: the official import, its shims, b
 R = 1e-2  # the official _hessian_vector_product's r
 
 
-def unpack(fx: dict, flat: np.ndarray, kind: str) -> dict[str, np.ndarray]:
-  """A flat vector of the fixture's `kind` ("params" or "buffers") layout -> {name: array}."""
-  out, offset = {}, 0
-  for name, shape in json.loads(str(fx[f"layout/{kind}"])):
-    size = int(np.prod(shape))
-    out[name] = flat[offset:offset + size].reshape(shape)
-    offset += size
-  assert offset == flat.size
-  return out
-
-
 def unrolled_fixture(ts, fx: dict) -> dict[str, np.ndarray]:
   import torch
 
   args = ts.args
-  start = {**unpack(fx, fx["state/params"], "params"), **unpack(fx, fx["state/buffers"], "buffers")}
+  start = {**golden.unpack(fx, fx["state/params"], "params"),
+           **golden.unpack(fx, fx["state/buffers"], "buffers")}
   alpha = [fx["alpha/normal"], fx["alpha/reduce"]]
   model = golden.build(ts, "s1", start, alpha)
   monitor = golden.KinkMonitor(model)
@@ -73,7 +61,7 @@ def unrolled_fixture(ts, fx: dict) -> dict[str, np.ndarray]:
   for _ in range(int(fx["meta/epoch"]) + 1):  # as tools/golden.py: main()'s order
     scheduler.step()
   eta = optimizer.param_groups[0]["lr"]
-  momentum = unpack(fx, fx["darts/momentum"], "params")
+  momentum = golden.unpack(fx, fx["darts/momentum"], "params")
   for name, p in model.named_parameters():
     optimizer.state[p]["momentum_buffer"] = torch.from_numpy(momentum[name].copy())
   architect = ts.Architect(model, args)
@@ -112,12 +100,8 @@ def main() -> None:
   p.add_argument("--ref-commit", default="",
                  help="the official commit, recorded in the fixture (default: --ref's git HEAD)")
   args = p.parse_args()
-  ref = os.path.abspath(args.ref)
-  if not os.path.isfile(os.path.join(ref, "optimizers", "darts", "architect.py")):
-    sys.exit(f"error: --ref={args.ref}: no optimizers/darts/architect.py there; give the root "
-             "of the official SmoothDARTS checkout")
-  commit = args.ref_commit or subprocess.run(
-      ["git", "-C", ref, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+  ref, commit = golden.official_checkout(args.ref, "optimizers/darts/architect.py",
+                                         args.ref_commit)
   import torch
 
   # Warnings of the official code's own making (its scheduler order, deprecated overloads).
