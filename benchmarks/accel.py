@@ -8,7 +8,7 @@
 Per method (DARTS, RS, ADV), each in its own process so that peak memory is that method's:
 compile time (lower and compile timed apart), seconds per step (median after a warm-up step,
 jax.block_until_ready), images/s, peak memory and the projected 50-epoch CIFAR-10 search
-(steps per epoch as `data.SearchBatches` counts them: 25,000 weight-half images // batch).
+(steps per epoch as `pipeline.SearchBatches` counts them: 25,000 weight-half images // batch).
 Peak memory is the device's peak_bytes_in_use on GPU/TPU; on CPU, which has no such
 counter, the compiled step's memory_analysis() (argument, output and temp bytes) and the
 process's peak RSS. Then the Hessian's cost on one fixed batch (`hessian.Measure`): one HVP and
@@ -56,16 +56,18 @@ def setup(method: str, args, impl: str = "auto"):
   """(config, model, state, steps per epoch) at the sizes of `args`."""
   import jax
 
-  from sdarts_jax import data, defaults, search
+  from sdarts_jax import defaults
+  from sdarts_jax.data import pipeline
+  from sdarts_jax.search import run_search
 
   config = defaults.search_config(method)
   config.model.layers, config.model.channels = args.layers, args.channels
   config.model.impl = impl
   config.data.batch_size = args.batch
-  weight_half, alpha_half = data.search_split(TRAIN_IMAGES, config.data.train_portion)
+  weight_half, alpha_half = pipeline.search_split(TRAIN_IMAGES, config.data.train_portion)
   spe = min(len(weight_half), len(alpha_half)) // args.batch
-  model = search.build_model(config, 10)
-  state = jax.jit(lambda: search.init_state(model, config, (32, 32, 3), spe))()
+  model = run_search.build_model(config, 10)
+  state = jax.jit(lambda: run_search.init_state(model, config, (32, 32, 3), spe))()
   return config, model, state, spe
 
 
@@ -105,11 +107,12 @@ def measure(method: str, args) -> dict:
   import jax
   import numpy as np
 
-  from sdarts_jax import data, scan_step
+  from sdarts_jax.data import pipeline
+  from sdarts_jax.search import scan_step
 
   config, model, state, spe = setup(method, args)
-  source = data.synthetic(16, 10, 32, 0)
-  preprocess = lambda key, images: data.preprocess(key, images, source.mean, source.std, True)
+  source = pipeline.synthetic(16, 10, 32, 0)
+  preprocess = lambda key, images: pipeline.preprocess(key, images, source.mean, source.std, True)
   fn = jax.jit(scan_step.make_step(model, config, spe, preprocess), donate_argnums=0)
   rng = np.random.default_rng(0)
   t = time.time()
@@ -145,10 +148,11 @@ def hessian_cost(model, state, source, batch: int) -> dict:
   import jax
   from jax.flatten_util import ravel_pytree
 
-  from sdarts_jax import data, hessian
+  from sdarts_jax.data import pipeline
+  from sdarts_jax.search import hessian
 
-  src = data.synthetic(batch, 10, 32, 1)
-  images = data.preprocess(None, src.images, source.mean, source.std, False)[None]
+  src = pipeline.synthetic(batch, 10, 32, 1)
+  images = pipeline.preprocess(None, src.images, source.mean, source.std, False)[None]
   labels = jax.numpy.asarray(src.labels)[None]
   key = jax.random.PRNGKey(0)
   args = (state["params"], state["batch_stats"], state["alpha"], images, labels, key)
@@ -178,7 +182,8 @@ def roofline(args) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from sdarts_jax import kernels, step, supernet
+  from sdarts_jax.model import kernels, supernet
+  from sdarts_jax.search import step
 
   config, model, state, spe = setup("darts", args, impl=args.impl)
   evaluate = step.make_evaluate(model)

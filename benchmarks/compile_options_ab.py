@@ -32,16 +32,18 @@ def main() -> None:
   import jax
   import numpy as np
 
-  from sdarts_jax import data, defaults, scan_step, search
+  from sdarts_jax import defaults
+  from sdarts_jax.data import pipeline
+  from sdarts_jax.search import run_search, scan_step
 
   config = defaults.search_config(args.method)
   config.model.layers, config.model.channels = args.layers, args.channels
   config.data.batch_size = args.batch
   spe = 390
-  source = data.synthetic(16, 10, 32, 0)
-  model = search.build_model(config, 10)
-  state = jax.jit(lambda: search.init_state(model, config, (32, 32, 3), spe))()
-  preprocess = lambda key, images: data.preprocess(key, images, source.mean, source.std, True)
+  source = pipeline.synthetic(16, 10, 32, 0)
+  model = run_search.build_model(config, 10)
+  state = jax.jit(lambda: run_search.init_state(model, config, (32, 32, 3), spe))()
+  preprocess = lambda key, images: pipeline.preprocess(key, images, source.mean, source.std, True)
   fn = jax.jit(scan_step.make_step(model, config, spe, preprocess))
   rng = np.random.default_rng(0)
   n = args.batch

@@ -41,8 +41,10 @@ def main() -> None:
   p.add_argument("--reference", choices=["dense", "lanczos"], default="dense")
   a = p.parse_args()
 
-  from sdarts_jax import data, defaults, hessian, search
+  from sdarts_jax import defaults
   from sdarts_jax.analysis import runs
+  from sdarts_jax.data import pipeline
+  from sdarts_jax.search import hessian, run_search
 
   if a.workdir:
     run = runs.open_run(a.workdir)
@@ -51,10 +53,10 @@ def main() -> None:
   else:
     config = defaults.search_config("darts")
     config.model.layers, config.model.channels = a.layers, a.channels
-    model = search.build_model(config, 10)
-    state = jax.jit(lambda: search.init_state(model, config, (32, 32, 3), 100))()
-    src = data.synthetic(a.batch, 10, 32, 0)
-    images = data.preprocess(None, src.images, src.mean, src.std, False)[None]
+    model = run_search.build_model(config, 10)
+    state = jax.jit(lambda: run_search.init_state(model, config, (32, 32, 3), 100))()
+    src = pipeline.synthetic(a.batch, 10, 32, 0)
+    images = pipeline.preprocess(None, src.images, src.mean, src.std, False)[None]
     labels = jnp.asarray(src.labels)[None]
   options = hessian.HessianLoss()
   key = jax.random.PRNGKey(0)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from sdarts_jax import kernels, ops
+from sdarts_jax.model import kernels, ops
 
 
 def timed(fn, *args) -> float:

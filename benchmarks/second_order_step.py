@@ -36,16 +36,18 @@ def main() -> None:
   import jax
   import numpy as np
 
-  from sdarts_jax import data, defaults, scan_step, search
+  from sdarts_jax import defaults
+  from sdarts_jax.data import pipeline
+  from sdarts_jax.search import run_search, scan_step
 
-  source = data.synthetic(16, 10, 32, 0)
+  source = pipeline.synthetic(16, 10, 32, 0)
   rng = np.random.default_rng(0)
   batch_of = lambda: {
       "train_image": rng.integers(0, 256, (args.batch, 32, 32, 3), np.uint8),
       "train_label": rng.integers(0, 10, (args.batch,), np.int32),
       "val_image": rng.integers(0, 256, (args.batch, 32, 32, 3), np.uint8),
       "val_label": rng.integers(0, 10, (args.batch,), np.int32)}
-  preprocess = lambda key, images: data.preprocess(key, images, source.mean, source.std, True)
+  preprocess = lambda key, images: pipeline.preprocess(key, images, source.mean, source.std, True)
   spe = 390
   compiled, states, compile_s = {}, {}, {}
   for name, (method, hvp) in VARIANTS.items():
@@ -54,8 +56,8 @@ def main() -> None:
     config.model.layers, config.model.channels = args.layers, args.channels
     config.data.batch_size = args.batch
     config.alpha.hvp = hvp
-    model = search.build_model(config, 10)
-    states[name] = jax.jit(lambda: search.init_state(model, config, (32, 32, 3), spe))()
+    model = run_search.build_model(config, 10)
+    states[name] = jax.jit(lambda: run_search.init_state(model, config, (32, 32, 3), spe))()
     t = time.time()
     compiled[name] = jax.jit(scan_step.make_step(model, config, spe, preprocess)).lower(
         states[name], batch_of()).compile()

@@ -28,7 +28,7 @@ def get_config(arg=None):
       layers=9,              # cells, 3 per stack
       bn_momentum=0.003,     # conv-bn-relu BatchNorms: the reference's PyTorch momentum 0.997
       head_bn_momentum=0.9,  # the BatchNorm before the classifier: PyTorch's default 0.1
-      impl="auto",           # convolutions: auto | fused | grouped (see sdarts_jax.ops)
+      impl="auto",           # convolutions: auto | fused | grouped (see sdarts_jax.model.ops)
   ))
   c.hessian.every_epochs = 1  # the reference computes the Hessian's eigenvalues every epoch
   # The reference's infer follows its Hessian pass, which runs the model in train mode with

@@ -24,7 +24,7 @@ def get_config(arg=None):
       channels=16,           # C of the first stage (2C, 4C after the ResNet reductions)
       cells_per_stage=5,     # N
       bn_momentum=0.9,
-      impl="auto",           # convolutions: auto | fused | grouped (see sdarts_jax.ops)
+      impl="auto",           # convolutions: auto | fused | grouped (see sdarts_jax.model.ops)
   ))
   c.nb201 = ml_collections.ConfigDict(dict(
       table="",              # NAS-Bench-201 accuracy CSV: query the cell every epoch

@@ -19,7 +19,7 @@
 #   --dry-run            print every command instead of running it
 # The config defaults to configs/cifar10_adv.py. WORKDIR must be storage all hosts share;
 # only process 0 writes metrics, genotypes and TensorBoard. A process that dies ends the
-# others with an error (sdarts_jax/parallel.py), so no host is left hanging.
+# others with an error (sdarts_jax/run/parallel.py), so no host is left hanging.
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }

@@ -24,7 +24,7 @@
 # The config defaults to configs/cifar10_adv.py. WORKDIR must be storage all hosts share
 # (a gs:// path works with orbax); only process 0 writes metrics, genotypes and TensorBoard.
 # Every process runs `python -m sdarts_jax.main` with SDARTS_DISTRIBUTED=auto, so JAX finds
-# the slice's workers itself (sdarts_jax/parallel.py). Output streams from all workers,
+# the slice's workers itself (sdarts_jax/run/parallel.py). Output streams from all workers,
 # each line prefixed with its host name.
 set -euo pipefail
 

@@ -75,7 +75,7 @@ def parse_arg(arg: str | None, allowed: tuple[str, ...]) -> dict[str, str]:
 
 
 def data_config() -> ml_collections.ConfigDict:
-  """Where the images come from and how they are batched (see `sdarts_jax.data`)."""
+  """Where the images come from and how they are batched (see `sdarts_jax.data.pipeline`)."""
   return ml_collections.ConfigDict(dict(
       name="cifar10",         # TFDS name: cifar10, cifar100, svhn_cropped (or "synthetic")
       folder="",              # image folder {train,test}/<class>/*.jpg; wins when set
@@ -111,7 +111,7 @@ def hessian_config() -> ml_collections.ConfigDict:
 
 
 def supernet_config() -> ml_collections.ConfigDict:
-  """The DARTS-family supernet at the paper's size (`sdarts_jax.supernet.Supernet`)."""
+  """The DARTS-family supernet at the paper's size (`sdarts_jax.model.supernet.Supernet`)."""
   return ml_collections.ConfigDict(dict(
       channels=16,           # initial channels C
       layers=8,              # cells
@@ -181,7 +181,7 @@ def search_config(method: str) -> ml_collections.ConfigDict:
   c.checkpoints_to_keep = 2  # 0 keeps every epoch's (for analyses over checkpoints)
   c.compilation_cache = "~/.cache/sdarts_jax/xla"  # "" disables JAX's persistent cache
   c.step = "auto"            # the compiled step: auto (scan on CPU, static on TPU/GPU), scan
-                             # or static (sdarts_jax.accel_step; first order only)
+                             # or static (sdarts_jax.search.accel_step; first order only)
   return c
 
 

@@ -4,7 +4,7 @@ Data, in order: the folder given with --data (an image folder, or CIFAR-10's
 cifar-10-batches-py); CIFAR-10 from TFDS when it is prepared (or can be prepared:
 TensorFlow installed and the network reachable); the folder given with --fallback when it
 exists; CIFAR-10's python archive from --url, downloaded once into the user's cache and
-checked against --checksums (`sdarts_jax.download`). With none of them it says what to do
+checked against --checksums (`sdarts_jax.data.download`). With none of them it says what to do
 and exits 2.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 
 from absl import app, flags
 
-from sdarts_jax import download
+from sdarts_jax.data import download
 
 flags.DEFINE_string("workdir", "runs/demo", "Where the demo writes its run.")
 flags.DEFINE_string("data", "", "An image folder {train,test}/<class>/*.jpg, or CIFAR-10's "
@@ -29,11 +29,11 @@ flags.DEFINE_string("checksums", ",".join(f"{k}:{v}" for k, v in
 
 
 def _tfds_cifar10_ready(config) -> bool:
-  from sdarts_jax import data
+  from sdarts_jax.data import pipeline
   try:
-    data.load(config.data, "train")
+    pipeline.load(config.data, "train")
     return True
-  except data.DataError:
+  except pipeline.DataError:
     pass
   if importlib.util.find_spec("tensorflow") is None:
     return False
@@ -80,8 +80,10 @@ def no_data_message(reason: str, fallback: str) -> str:
 
 def main(argv):
   del argv
-  from sdarts_jax import defaults, run, search
-  run.quiet_libraries()
+  from sdarts_jax import defaults
+  from sdarts_jax.run import lifecycle
+  from sdarts_jax.search import run_search
+  lifecycle.quiet_libraries()
   config = defaults.from_file("demo")
   f = flags.FLAGS
   try:
@@ -94,7 +96,7 @@ def main(argv):
   except download.DownloadError as e:
     print(no_data_message(str(e), f.fallback), file=sys.stderr)
     sys.exit(2)
-  record = run.as_command(search.train_and_evaluate, config, f.workdir)
+  record = lifecycle.as_command(run_search.train_and_evaluate, config, f.workdir)
   from sdarts_jax.analysis import draw  # matplotlib only now (it may log building its cache)
   draw.draw_final_cell(os.path.join(f.workdir, "genotype.json"))
   print(f"\ndemo finished: genotype in {f.workdir}/genotype.json, metrics in "

@@ -41,24 +41,26 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def main(argv):
   del argv
-  from sdarts_jax import parallel
+  from sdarts_jax.run import parallel
   try:
     parallel.initialize_distributed()
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  from sdarts_jax import run, search  # after distributed init: importing JAX modules is fine,
-  config = flags.FLAGS.config     # touching devices is not
-  run.quiet_libraries()
+  # After distributed init: importing JAX modules is fine, touching devices is not.
+  from sdarts_jax.run import lifecycle
+  from sdarts_jax.search import run_search
+  config = flags.FLAGS.config
+  lifecycle.quiet_libraries()
   with parallel.end_with_the_others():
     if config.mode == "search":
-      run.as_command(search.train_and_evaluate, config, flags.FLAGS.workdir)
+      lifecycle.as_command(run_search.train_and_evaluate, config, flags.FLAGS.workdir)
       # matplotlib only now: importing it can build its font cache and log about it.
       from sdarts_jax.analysis import draw
       draw.draw_final_cell(os.path.join(flags.FLAGS.workdir, "genotype.json"))
     elif config.mode == "train":
       from sdarts_jax.evaluation import train
-      run.as_command(train.train_and_evaluate, config, flags.FLAGS.workdir)
+      lifecycle.as_command(train.train_and_evaluate, config, flags.FLAGS.workdir)
     else:
       print(f"error: unknown config.mode {config.mode!r}; known: search, train", file=sys.stderr)
       sys.exit(2)

@@ -9,8 +9,8 @@ chip of a slice (every host's) as a compile-only device; the run's mesh is built
 by `parallel.make_mesh` as on the slice, the configured global batch sharded over all
 chips, the state replicated, and `jit(...).lower(...).compile()` runs the real TPU
 compiler here. The programs are the run's own functions with the run's shardings: for a
-search config the step (`search.make_train_step`), the epoch's evaluation
-(`search.make_infer`) and the Hessian's compiled Lanczos loop of HVPs
+search config the step (`run_search.make_train_step`), the epoch's evaluation
+(`run_search.make_infer`) and the Hessian's compiled Lanczos loop of HVPs
 (`hessian.Measure`, host=False as on accelerators); for an evaluation-training config its
 training step and test step.
 
@@ -136,11 +136,11 @@ def _abstract(tree, sharding):
 
 
 def _source(config, image_shape, num_classes):
-  """A `data.Source` with no images: the programs need only its normalisation."""
+  """A `pipeline.Source` with no images: the programs need only its normalisation."""
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from sdarts_jax import data  # pylint: disable=import-outside-toplevel
-  return data.Source(config.data.name, np.zeros((0,) + tuple(image_shape), np.uint8),
-                     np.zeros((0,), np.int32), num_classes, np.full(3, 0.5), np.full(3, 0.25))
+  from sdarts_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  return pipeline.Source(config.data.name, np.zeros((0,) + tuple(image_shape), np.uint8),
+                         np.zeros((0,), np.int32), num_classes, np.full(3, 0.5), np.full(3, 0.25))
 
 
 def _split_sizes(config) -> tuple[int, int]:
@@ -156,32 +156,36 @@ def _split_sizes(config) -> tuple[int, int]:
 
 def search_programs(config, mesh) -> list[Program]:
   """The search's step, epoch evaluation and Hessian measurement, as the search jits them
-  (`search.train_and_evaluate`), on abstract arguments."""
+  (`run_search.train_and_evaluate`), on abstract arguments."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from sdarts_jax import accel_step, data, hessian, parallel, search, supernet  # pylint: disable=import-outside-toplevel
-  search.check_config(config)
+  from sdarts_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  from sdarts_jax.model import supernet  # pylint: disable=import-outside-toplevel
+  from sdarts_jax.run import parallel  # pylint: disable=import-outside-toplevel
+  from sdarts_jax.search import accel_step, hessian, run_search  # pylint: disable=import-outside-toplevel
+  run_search.check_config(config)
   rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   size = 32 if config.data.name != "synthetic" else config.data.image_size
   image_shape, num_classes = (size, size, 3), 100 if config.data.name == "cifar100" else 10
   n_train, _ = _split_sizes(config)
-  weights_half, alpha_half = (len(i) for i in data.search_split(n_train, config.data.train_portion))
+  weights_half, alpha_half = (len(i) for i in pipeline.search_split(n_train,
+                                                                    config.data.train_portion))
   b = config.data.batch_size
   spe = min(weights_half, alpha_half) // b
   source = _source(config, image_shape, num_classes)
-  model = search.build_model(config, num_classes)
-  state = _abstract(jax.eval_shape(lambda: search.init_state(model, config, image_shape, spe)),
+  model = run_search.build_model(config, num_classes)
+  state = _abstract(jax.eval_shape(lambda: run_search.init_state(model, config, image_shape, spe)),
                     rep)
   images = lambda n: jax.ShapeDtypeStruct((n,) + image_shape, jnp.uint8, sharding=shard)
   labels = lambda n: jax.ShapeDtypeStruct((n,), jnp.int32, sharding=shard)
   batch = {"train_image": images(b), "train_label": labels(b), "val_image": images(b),
            "val_label": labels(b)}
-  train_step = jax.jit(search.make_train_step(model, config, spe, source, "tpu"),
+  train_step = jax.jit(run_search.make_train_step(model, config, spe, source, "tpu"),
                        in_shardings=(rep, shard), out_shardings=(rep, rep), donate_argnums=0)
   A = _abstract(jax.eval_shape(supernet.mixing_weights, state["alpha"]), rep)
   eval_batch = {"image": images(b), "label": labels(b),
                 "valid": jax.ShapeDtypeStruct((b,), jnp.bool_, sharding=shard)}
-  infer = jax.jit(search.make_infer(model, source, config.seed),
+  infer = jax.jit(run_search.make_infer(model, source, config.seed),
                   in_shardings=(rep, rep, rep, shard), out_shardings=rep)
   epochs_evaluated = config.epochs // config.eval_every_epochs if config.eval_every_epochs else 0
   h = config.hessian
@@ -210,8 +214,9 @@ def evaluation_programs(config, mesh) -> list[Program]:
   """Evaluation training's step and test step, as `evaluation.train` jits them."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from sdarts_jax import data, parallel  # pylint: disable=import-outside-toplevel
+  from sdarts_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   from sdarts_jax.evaluation import train  # pylint: disable=import-outside-toplevel
+  from sdarts_jax.run import parallel  # pylint: disable=import-outside-toplevel
   train.check_config(config)
   rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   imagenet = config.data.name.startswith("imagenet")
@@ -222,7 +227,7 @@ def evaluation_programs(config, mesh) -> list[Program]:
   b = config.data.batch_size
   spe = n_train // b
   source = _source(config, image_shape, num_classes)
-  preprocess = lambda key, images, training: data.preprocess(
+  preprocess = lambda key, images, training: pipeline.preprocess(
       key, images, source.mean, source.std, training and config.data.augment,
       config.data.crop_padding, config.data.cutout)
   model = train.build_model(config, num_classes)
@@ -287,7 +292,7 @@ def step_loop_factor(config, kind: str) -> float:
   evaluation weighted 1 (forward only) or 3 (forward and backward): the scan step
   ("scan") counts one body, a full evaluation; the static step ("static") counts each
   distinct phase once (the PGD loop's body once for its `steps` iterations)."""
-  from sdarts_jax import step  # pylint: disable=import-outside-toplevel
+  from sdarts_jax.search import step  # pylint: disable=import-outside-toplevel
   plan = step.phases(config.method, config.perturb.steps, config.alpha.order, config.alpha.hvp)
   units = lambda phases: sum(1 if p in FORWARD_ONLY else 3 for p in phases)
   counted = 3 if kind == "scan" else units(dict.fromkeys(plan))
@@ -359,7 +364,8 @@ def check(config, topology: str, programs: list[str], effort: float = 0.0,
           log: Callable[[str], None] = print) -> tuple[list[Verdict], Chip, int]:
   """Compile the config's programs for `topology`; (verdicts, chip, chip count).
   CheckError for a bad topology, a missing libtpu, or a program that does not fit."""
-  from sdarts_jax import ops, parallel  # pylint: disable=import-outside-toplevel
+  from sdarts_jax.model import ops  # pylint: disable=import-outside-toplevel
+  from sdarts_jax.run import parallel  # pylint: disable=import-outside-toplevel
   devices = topology_devices(topology)
   chip = chip_of(devices)
   mesh = parallel.make_mesh(devices=devices)

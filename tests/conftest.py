@@ -57,7 +57,7 @@ def override(config, overrides: dict):
 
 
 def sigterm_after(steps: int):
-  """A stand-in for `run.on_sigterm` whose flag rises after `steps` steps."""
+  """A stand-in for `lifecycle.on_sigterm` whose flag rises after `steps` steps."""
   calls = {"n": 0}
 
   def on_sigterm():
@@ -71,7 +71,7 @@ def sigterm_after(steps: int):
 
 def final_state(workdir: str):
   """(step, state) of the latest checkpoint in a run's workdir."""
-  from sdarts_jax import checkpoint
+  from sdarts_jax.run import checkpoint
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), 2)
   step = ckpt.latest_step()
   state, _ = ckpt.restore(step)
@@ -85,9 +85,9 @@ def check_exact_resume(train_fn, config, full: str, resumed: str, monkeypatch, s
   steps)."""
   import jax
   import numpy as np
-  from sdarts_jax import run
-  monkeypatch.setattr(run, "on_sigterm", sigterm_after(3))
-  with pytest.raises(run.Preempted):
+  from sdarts_jax.run import lifecycle
+  monkeypatch.setattr(lifecycle, "on_sigterm", sigterm_after(3))
+  with pytest.raises(lifecycle.Preempted):
     train_fn(config, resumed)
   assert final_state(resumed)[0] == 3
   monkeypatch.undo()
@@ -139,17 +139,18 @@ def module_compilation_cache(tmp_path_factory):
 
 def tiny_search(method_name="adv", steps_per_epoch=4, **overrides):
   """(config, model, initial state, batches, preprocess) of `tiny_config`'s search:
-  batches a `data.SearchBatches` (its source: batches.source), preprocess(key, images)
+  batches a `pipeline.SearchBatches` (its source: batches.source), preprocess(key, images)
   with augmentation."""
   import jax
-  from sdarts_jax import data, search
+  from sdarts_jax.data import pipeline
+  from sdarts_jax.search import run_search
   config = tiny_config(method_name, **overrides)
-  source = data.load(config.data, "train")
-  batches = data.SearchBatches(source, 0.5, config.data.batch_size, config.seed)
-  model = search.build_model(config, source.num_classes)
-  state = jax.jit(lambda: search.init_state(model, config, source.images.shape[1:],
-                                            steps_per_epoch))()
-  preprocess = lambda key, images: data.preprocess(key, images, source.mean, source.std, True)
+  source = pipeline.load(config.data, "train")
+  batches = pipeline.SearchBatches(source, 0.5, config.data.batch_size, config.seed)
+  model = run_search.build_model(config, source.num_classes)
+  state = jax.jit(lambda: run_search.init_state(model, config, source.images.shape[1:],
+                                                steps_per_epoch))()
+  preprocess = lambda key, images: pipeline.preprocess(key, images, source.mean, source.std, True)
   return config, model, state, batches, preprocess
 
 
@@ -157,6 +158,6 @@ def hessian_batches(source):
   """Two batches of 8 of source's first images, normalised (no augmentation):
   images [2, 8, H, W, 3], labels [2, 8]."""
   import jax.numpy as jnp
-  from sdarts_jax import data
-  x = data.preprocess(None, source.images[:16], source.mean, source.std, False)
+  from sdarts_jax.data import pipeline
+  x = pipeline.preprocess(None, source.images[:16], source.mean, source.std, False)
   return x.reshape((2, 8) + x.shape[1:]), jnp.asarray(source.labels[:16]).reshape(2, 8)

@@ -1,6 +1,6 @@
 """Plain reference layers that the model tests compare the supernets with: written with lax
-and numpy directly, independent of `sdarts_jax.ops` and `sdarts_jax.kernels`. Each returns
-numpy arrays for numpy inputs and JAX arrays for JAX inputs."""
+and numpy directly, independent of `sdarts_jax.model.ops` and `sdarts_jax.model.kernels`.
+Each returns numpy arrays for numpy inputs and JAX arrays for JAX inputs."""
 import jax.numpy as jnp
 import numpy as np
 from jax import lax

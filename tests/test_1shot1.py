@@ -14,8 +14,11 @@ from jax.flatten_util import ravel_pytree
 
 import reference
 from conftest import final_state, override, sigterm_after
-from sdarts_jax import (defaults, genotype, hessian, metrics, nb101, oneshot1, parallel, run,
-                        search, spaces, supernet)
+from sdarts_jax import defaults
+from sdarts_jax.model import nb101_cell, spaces, supernet
+from sdarts_jax.run import lifecycle, metrics, parallel
+from sdarts_jax.search import genotype, hessian, run_search
+from sdarts_jax.tables import nb101, oneshot1
 
 KEY = jax.random.PRNGKey(0)
 
@@ -56,7 +59,7 @@ def _max_pool(x, size, pad):
                            [(0, 0), (pad, pad), (pad, pad), (0, 0)])
 
 
-def _plain_forward(params, x, A, cell: nb101.Space, layers: int):
+def _plain_forward(params, x, A, cell: nb101_cell.Space, layers: int):
   """The reference's Network.forward in train mode, written out: every projection its own
   1x1 conv-bn-relu (the columns of our joint "proj" kernel)."""
   def cbr(h, p, cols=slice(None)):
@@ -118,8 +121,8 @@ def test_nb101_genotype_is_checked_on_load(tmp_path):
   assert genotype.load(path) == cell
   with pytest.raises(ValueError, match="NAS-Bench-101 cell"):
     genotype.resolve(path)  # evaluation trains DARTS cells only
-  assert cell["nb101"]["ops"][1] == nb101.MAXPOOL3X3  # ties go to the first op
-  cell["nb101"]["ops"][1] = nb101.CONV3X3
+  assert cell["nb101"]["ops"][1] == nb101_cell.MAXPOOL3X3  # ties go to the first op
+  cell["nb101"]["ops"][1] = nb101_cell.CONV3X3
   genotype.save(cell, path)
   with pytest.raises(ValueError, match="hash does not match"):
     genotype.load(path)
@@ -157,7 +160,7 @@ def test_config_has_the_reference_settings():
   assert (c.model.channels, c.model.layers, c.hessian.every_epochs) == (16, 9, 1)
   smoke = defaults.from_file("1shot1_search", "smoke")
   assert (smoke.space, smoke.model.layers, smoke.epochs) == ("1shot1_ss1", 3, 2)
-  search.check_config(smoke)
+  run_search.check_config(smoke)
 
 
 @pytest.fixture(scope="module")
@@ -169,8 +172,8 @@ def table(tmp_path_factory):
   mp = pytest.MonkeyPatch()
   mp.setenv("XDG_CACHE_HOME", str(folder / "cache"))
   cells = {}
-  for matrix, ops in oneshot1.space_cells(nb101.SPACES["ss1"]):
-    cells.setdefault(nb101.spec_hash(matrix, ops), nb101.prune(matrix, ops))
+  for matrix, ops in oneshot1.space_cells(nb101_cell.SPACES["ss1"]):
+    cells.setdefault(nb101_cell.spec_hash(matrix, ops), nb101_cell.prune(matrix, ops))
   records = [nb101.Record(h, 108, *cells[h], (nb101.Evaluation(0, 0, 0, 0.0, 0.0),) * 2
                           + (nb101.Evaluation(108, 1, 1, 0.79 + i / 1e5, 0.8 + i / 1e5),), 0)
              for i, h in enumerate(sorted(cells))]
@@ -197,11 +200,11 @@ def test_search_resumes_writes_the_cell_queries_the_table_and_tracks_lambda_max(
   epochs, so the Hessian compiles once)."""
   config = _tiny_search("adv", **{"nasbench101.file": table, "hessian.every_epochs": 2})
   workdir = str(tmp_path / "w")
-  monkeypatch.setattr(run, "on_sigterm", sigterm_after(1))
-  with pytest.raises(run.Preempted):
-    search.train_and_evaluate(config, workdir)
+  monkeypatch.setattr(lifecycle, "on_sigterm", sigterm_after(1))
+  with pytest.raises(lifecycle.Preempted):
+    run_search.train_and_evaluate(config, workdir)
   monkeypatch.undo()
-  search.train_and_evaluate(config, workdir)
+  run_search.train_and_evaluate(config, workdir)
 
   epochs = metrics.read_records(workdir, "epoch")
   assert [e["epoch"] for e in epochs] == [1, 2]
@@ -231,7 +234,7 @@ def test_search_resumes_writes_the_cell_queries_the_table_and_tracks_lambda_max(
   full = np.zeros((6, 6), int)
   for v, ps in enumerate(parents, start=1):
     full[ps, v] = 1
-  ops = ["input"] + [nb101.OPS[i] for i in np.argmax(alpha["mixed_op"], 1)] + ["output"]
+  ops = ["input"] + [nb101_cell.OPS[i] for i in np.argmax(alpha["mixed_op"], 1)] + ["output"]
   reach, back = {0}, {5}
   for v in range(1, 6):
     reach |= {v} if any(full[u, v] for u in reach) else set()
@@ -240,7 +243,7 @@ def test_search_resumes_writes_the_cell_queries_the_table_and_tracks_lambda_max(
   keep = sorted(reach & back)
   want = {"matrix": full[np.ix_(keep, keep)].tolist(), "ops": [ops[v] for v in keep]}
   assert {k: saved["nb101"][k] for k in want} == want
-  assert saved["nb101"]["hash"] == nb101.spec_hash(np.array(want["matrix"]), want["ops"])
+  assert saved["nb101"]["hash"] == nb101_cell.spec_hash(np.array(want["matrix"]), want["ops"])
 
 
 def test_clean_batch_evaluation_uses_a_clean_train_mode_pass(tmp_path):
@@ -251,10 +254,10 @@ def test_clean_batch_evaluation_uses_a_clean_train_mode_pass(tmp_path):
   "running" evaluates with the state's statistics as they are."""
   config = _tiny_search("darts", eval_every_epochs=1)
   assert config.eval_bn == "clean_batch"
-  source, _, alpha = search.search_data(config)
+  source, _, alpha = run_search.search_data(config)
   assert len(alpha.labels) == config.data.batch_size  # the alpha half is one batch
-  model = search.build_model(config, source.num_classes)
-  state = jax.jit(lambda: search.init_state(model, config, source.images.shape[1:], 1))()
+  model = run_search.build_model(config, source.num_classes)
+  state = jax.jit(lambda: run_search.init_state(model, config, source.images.shape[1:], 1))()
   # Weights 8x their initial scale, so that the logits (near zero at initialisation) depend
   # on the statistics.
   state["params"] = jax.tree.map(lambda p: 8.0 * p, state["params"])
@@ -264,14 +267,14 @@ def test_clean_batch_evaluation_uses_a_clean_train_mode_pass(tmp_path):
       lambda path, v: v if "post_bn" in jax.tree_util.keystr(path) else 4.0 * v + 2.0,
       state["batch_stats"])
   sharded = parallel.batch_sharded(parallel.make_mesh())
-  infer = jax.jit(search.make_infer(model, source, config.seed))
-  estimate = jax.jit(search.make_bn_estimate(model, source, config.seed))
+  infer = jax.jit(run_search.make_infer(model, source, config.seed))
+  estimate = jax.jit(run_search.make_bn_estimate(model, source, config.seed))
 
   def eval_loss(estimate_bn, stats):
     workdir = str(tmp_path / f"w{len(os.listdir(tmp_path))}")
     os.makedirs(workdir)
-    report = search.EpochReport(config, model, alpha, infer, sharded,
-                                metrics.MetricWriter(workdir), workdir, None, estimate_bn)
+    report = run_search.EpochReport(config, model, alpha, infer, sharded,
+                                    metrics.MetricWriter(workdir), workdir, None, estimate_bn)
     return report(dict(state, batch_stats=stats), 0, 1, {}, 0.0)["eval_loss"]
 
   clean, clean_garbage = eval_loss(estimate, state["batch_stats"]), eval_loss(estimate, garbage)
@@ -284,21 +287,21 @@ def test_clean_batch_evaluation_uses_a_clean_train_mode_pass(tmp_path):
 
 def test_table_errors_come_before_compilation(tmp_path, table):
   with pytest.raises(ValueError, match="no such file"):
-    search.train_and_evaluate(_tiny_search("darts", **{"nasbench101.file": "/nonexistent"}),
-                              str(tmp_path / "a"))
+    run_search.train_and_evaluate(_tiny_search("darts", **{"nasbench101.file": "/nonexistent"}),
+                                  str(tmp_path / "a"))
   bad = tmp_path / "bad.tfrecord"
   data = bytearray(pathlib.Path(table).read_bytes())
   data[100] ^= 1
   bad.write_bytes(bytes(data))
   with pytest.raises(ValueError, match="does not match its checksum"):
-    search.train_and_evaluate(_tiny_search("darts", **{"nasbench101.file": str(bad)}),
-                              str(tmp_path / "b"))
+    run_search.train_and_evaluate(_tiny_search("darts", **{"nasbench101.file": str(bad)}),
+                                  str(tmp_path / "b"))
   small = tmp_path / "small.tfrecord"
   nb101.write_records(small, [next(iter(nb101.read_records(table)))[1]])
   with pytest.raises(ValueError, match="lacks 2684 of the 2685 cells"):
-    search.train_and_evaluate(_tiny_search("darts", **{"nasbench101.file": str(small)}),
-                              str(tmp_path / "c"))
+    run_search.train_and_evaluate(_tiny_search("darts", **{"nasbench101.file": str(small)}),
+                                  str(tmp_path / "c"))
   darts = override(defaults.search_config("darts"), {"compilation_cache": ""})
   darts.nasbench101 = {"file": table}
   with pytest.raises(ValueError, match="scores cells of the 1shot1"):
-    search.train_and_evaluate(darts, str(tmp_path / "d"))
+    run_search.train_and_evaluate(darts, str(tmp_path / "d"))

@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 
 from conftest import hessian_batches, tiny_config, tiny_search
-from sdarts_jax import data, hessian, ops, parallel, scan_step, search
+from sdarts_jax.data import pipeline
+from sdarts_jax.model import ops
+from sdarts_jax.run import parallel
+from sdarts_jax.search import hessian, run_search, scan_step
 
 KEY = jax.random.PRNGKey(0)
 CONV_OPS = ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5", "nor_conv_1x1",
@@ -79,12 +82,12 @@ def test_search_step_grouped_equals_fused(method):
   outs = {}
   for impl in ("fused", "grouped"):
     config = tiny_config(method, **{"model.impl": impl})
-    source = data.load(config.data, "train")
-    batches = data.SearchBatches(source, 0.5, config.data.batch_size, config.seed)
-    model = search.build_model(config, source.num_classes)
+    source = pipeline.load(config.data, "train")
+    batches = pipeline.SearchBatches(source, 0.5, config.data.batch_size, config.seed)
+    model = run_search.build_model(config, source.num_classes)
     assert model.impl == impl
-    state = jax.jit(lambda: search.init_state(model, config, source.images.shape[1:], 4))()
-    preprocess = lambda k, im: data.preprocess(k, im, source.mean, source.std, True)
+    state = jax.jit(lambda: run_search.init_state(model, config, source.images.shape[1:], 4))()
+    preprocess = lambda k, im: pipeline.preprocess(k, im, source.mean, source.std, True)
     outs[impl] = jax.jit(scan_step.make_step(model, config, 4, preprocess))(state, batches.batch(0, 0))
   (s_f, m_f), (s_g, m_g) = outs["fused"], outs["grouped"]
   # Metrics are losses, accuracies and schedule values (each its own leaf, so normwise is

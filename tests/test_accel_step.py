@@ -6,7 +6,7 @@ import jax
 import pytest
 
 from conftest import assert_close_normwise, tiny_config, tiny_search
-from sdarts_jax import accel_step, scan_step
+from sdarts_jax.search import accel_step, scan_step
 
 
 # DARTS's step is RS's without the noise (the same two evaluations), so RS and ADV cover

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from sdarts_jax import hessian
 from sdarts_jax.analysis import figure, hessian_runs, plots, runs, theory
+from sdarts_jax.search import hessian
 
 KEY = jax.random.PRNGKey(0)
 
@@ -95,7 +95,7 @@ def test_open_run_errors(tmp_path):
 def test_alpha_heatmaps_of_every_space(tmp_path, name, monkeypatch):
   """One heat map per array of A, labelled by the space (NAS-Bench-201's single cell and
   1Shot1's differently shaped arrays used to fail: the plot assumed normal + reduce)."""
-  from sdarts_jax import spaces
+  from sdarts_jax.model import spaces
   space = spaces.get_space(name)
   shapes = space.alpha_shapes()
   rng = np.random.default_rng(0)

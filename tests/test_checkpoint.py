@@ -9,7 +9,8 @@ import optax
 import pytest
 
 from conftest import tiny_config
-from sdarts_jax import checkpoint, parallel, run, search
+from sdarts_jax.run import checkpoint, lifecycle, parallel
+from sdarts_jax.search import run_search
 
 N = 65536  # floats per array: the data file is far larger than the 4,096 bytes flipped
 
@@ -81,7 +82,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path, capsys, 
   with pytest.raises(checkpoint.CheckpointError, match="step 2"):
     ckpt.restore(2)
 
-  state, meta = run.restore_or_init(ckpt, init, sharding, workdir)
+  state, meta = lifecycle.restore_or_init(ckpt, init, sharding, workdir)
   assert meta == {"step": 1}
   assert_tree_equal(state, make_state(kind, 1))
   err = capsys.readouterr().err
@@ -103,9 +104,9 @@ def test_no_intact_checkpoint_is_a_clear_error(tmp_path, capsys):
   ckpt, init, sharding = two_checkpoints(workdir, "random")
   for step in (1, 2):
     damage(ckpt.step_path(step))
-  with pytest.raises(run.RunError, match=r"none of the checkpoints in .*checkpoints \(steps 1, "
-                                         r"2\) can be restored .* remove .* rerun"):
-    run.restore_or_init(ckpt, init, sharding, workdir)
+  with pytest.raises(lifecycle.RunError, match=r"none of the checkpoints in .*checkpoints "
+                                               r"\(steps 1, 2\) can be restored .* remove .* rerun"):
+    lifecycle.restore_or_init(ckpt, init, sharding, workdir)
   err = capsys.readouterr().err
   assert "step 2" in err and "step 1" in err
   assert ckpt.all_steps() == [1, 2]  # nothing moved when nothing restores
@@ -115,13 +116,13 @@ def test_no_intact_checkpoint_is_a_clear_error(tmp_path, capsys):
 
 def test_non_finite_message_without_checkpoint(tmp_path):
   ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), 2)
-  with pytest.raises(run.RunError, match="no checkpoint has been saved yet") as e:
-    run.check_finite({"train_loss": float("nan")}, 3, ckpt, str(tmp_path))
+  with pytest.raises(lifecycle.RunError, match="no checkpoint has been saved yet") as e:
+    lifecycle.check_finite({"train_loss": float("nan")}, 3, ckpt, str(tmp_path))
   assert "None" not in str(e.value)
   ckpt.save(2, {"x": jnp.zeros(2)}, {})
   ckpt.wait()
-  with pytest.raises(run.RunError, match=r"last good checkpoint \(step 2\) is kept"):
-    run.check_finite({"train_loss": float("inf")}, 3, ckpt, str(tmp_path))
+  with pytest.raises(lifecycle.RunError, match=r"last good checkpoint \(step 2\) is kept"):
+    lifecycle.check_finite({"train_loss": float("inf")}, 3, ckpt, str(tmp_path))
   ckpt.close()
 
 
@@ -130,11 +131,11 @@ def test_search_state_falls_back(tmp_path, capsys):
   replicated sharding, saved at the ends of epochs 1 and 2 as the loop saves it: with the
   latest damaged, `restore_or_init` returns the first."""
   config = tiny_config("adv")
-  source, batches, _ = search.search_data(config)
-  model = search.build_model(config, source.num_classes)
+  source, batches, _ = run_search.search_data(config)
+  model = run_search.build_model(config, source.num_classes)
   sharding = parallel.replicated(parallel.make_mesh())
-  init = jax.jit(lambda: search.init_state(model, config, source.images.shape[1:],
-                                           batches.steps_per_epoch), out_shardings=sharding)
+  init = jax.jit(lambda: run_search.init_state(model, config, source.images.shape[1:],
+                                               batches.steps_per_epoch), out_shardings=sharding)
   rng = np.random.default_rng(0)  # values for the state's shapes, without compiling init
   state = jax.tree.map(lambda s: jax.device_put(rng.normal(size=s.shape).astype(s.dtype),
                                                 sharding), jax.eval_shape(init))
@@ -145,7 +146,7 @@ def test_search_state_falls_back(tmp_path, capsys):
   ckpt.save(8, later, {"step": 8, "epoch": 2, "lambda_max": []})
   ckpt.wait()
   damage(ckpt.step_path(8))
-  restored, meta = run.restore_or_init(ckpt, init, sharding, str(tmp_path))
+  restored, meta = lifecycle.restore_or_init(ckpt, init, sharding, str(tmp_path))
   assert meta["step"] == 4 and "warning: the checkpoint of step 8" in capsys.readouterr().err
   assert_tree_equal(restored, state)
   ckpt.close()

@@ -11,7 +11,8 @@ import textwrap
 import jax
 
 from conftest import tiny_config
-from sdarts_jax import run, search
+from sdarts_jax.run import lifecycle
+from sdarts_jax.search import run_search
 
 COMPILE = "/jax/core/compile/backend_compile_duration"  # every compile request (hit or miss)
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -27,9 +28,9 @@ def test_steps_and_epoch_ends_compile_nothing_new(tmp_path, monkeypatch):
   def on_sigterm():  # the flag is read once per step, before the step's epoch-end work
     return lambda: per_step.append(counts[COMPILE]) and False
 
-  monkeypatch.setattr(run, "on_sigterm", on_sigterm)
+  monkeypatch.setattr(lifecycle, "on_sigterm", on_sigterm)
   try:
-    search.train_and_evaluate(config, str(tmp_path / "full"))
+    run_search.train_and_evaluate(config, str(tmp_path / "full"))
   finally:
     jax.monitoring.clear_event_listeners()
   assert len(per_step) == 12
@@ -46,17 +47,18 @@ _COUNT = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     from conftest import tiny_config, sigterm_after  # sets XLA_FLAGS: first
     import jax
-    from sdarts_jax import run, search
+    from sdarts_jax.run import lifecycle
+    from sdarts_jax.search import run_search
     counts = collections.Counter()
     jax.monitoring.register_event_duration_secs_listener(
         lambda name, secs, **kw: counts.update([name]))
     if sys.argv[3] != "0":
-      run.on_sigterm = sigterm_after(int(sys.argv[3]))
+      lifecycle.on_sigterm = sigterm_after(int(sys.argv[3]))
     config = tiny_config("darts", epochs=2, compilation_cache=sys.argv[4],
                          **{"data.synthetic_examples": 32})  # 2 steps per epoch
     try:
-      search.train_and_evaluate(config, sys.argv[2])
-    except run.Preempted:
+      run_search.train_and_evaluate(config, sys.argv[2])
+    except lifecycle.Preempted:
       pass
     print(json.dumps(counts[sys.argv[5]]))
     """)

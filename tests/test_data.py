@@ -1,4 +1,5 @@
-"""Tests of sdarts_jax.data: sources, search batches, augmentation, placement on devices."""
+"""Tests of sdarts_jax.data.pipeline: sources, search batches, augmentation, placement on
+devices."""
 from __future__ import annotations
 
 import pathlib
@@ -13,7 +14,8 @@ import tensorflow_datasets as tfds
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from conftest import assert_close_normwise, shared_data
-from sdarts_jax import data, defaults
+from sdarts_jax import defaults
+from sdarts_jax.data import pipeline
 
 
 CIFAR_FOLDER = shared_data("cifar10-jpeg")
@@ -27,18 +29,18 @@ def config(**overrides):
   return cfg
 
 
-def array_source(n: int, size: int = 4) -> data.Source:
+def array_source(n: int, size: int = 4) -> pipeline.Source:
   """n images whose pixels and label both equal the example's index (mod 256)."""
   images = np.broadcast_to((np.arange(n) % 256).astype(np.uint8)[:, None, None, None],
                            (n, size, size, 3)).copy()
-  return data.Source("arrays", images, np.arange(n, dtype=np.int32), n, (0.5,) * 3, (0.25,) * 3)
+  return pipeline.Source("arrays", images, np.arange(n, dtype=np.int32), n, (0.5,) * 3, (0.25,) * 3)
 
 
 # ---------------------------------------------------------------- image folder
 
 @pytest.fixture(scope="module")
 def folder_train():
-  return data.load(config(folder=str(CIFAR_FOLDER)), "train")
+  return pipeline.load(config(folder=str(CIFAR_FOLDER)), "train")
 
 
 @needs_folder
@@ -64,10 +66,10 @@ def test_folder_train_split(folder_train):
 
 @needs_folder
 def test_folder_max_examples_and_test_split(folder_train):
-  small = data.load(config(folder=str(CIFAR_FOLDER), max_examples=25), "train")
+  small = pipeline.load(config(folder=str(CIFAR_FOLDER), max_examples=25), "train")
   np.testing.assert_array_equal(small.images, folder_train.images[:25])
   np.testing.assert_array_equal(small.labels, np.arange(25) % 10)
-  test = data.load(config(folder=str(CIFAR_FOLDER)), "test")
+  test = pipeline.load(config(folder=str(CIFAR_FOLDER)), "test")
   assert test.images.shape == (2000, 32, 32, 3)
   assert np.bincount(test.labels).tolist() == [200] * 10
   assert (test.mean, test.std) == (folder_train.mean, folder_train.std)  # train's statistics
@@ -115,8 +117,8 @@ def test_bad_folder(tmp_path, make, expected):
   root = tmp_path / "images"
   if make:
     make(root)
-  with pytest.raises(data.DataError, match="config.data.folder") as error:
-    data.load(config(folder=str(root)), "train")
+  with pytest.raises(pipeline.DataError, match="config.data.folder") as error:
+    pipeline.load(config(folder=str(root)), "train")
   assert expected in str(error.value)
 
 
@@ -124,17 +126,17 @@ def test_folder_test_split_with_unknown_class(tmp_path):
   _write_image(tmp_path / "train/cat/0.png")
   _write_image(tmp_path / "test/cat/0.png")
   _write_image(tmp_path / "test/cow/0.png")
-  assert data.load(config(folder=str(tmp_path)), "train").num_classes == 1
-  with pytest.raises(data.DataError, match="cow"):
-    data.load(config(folder=str(tmp_path)), "test")
+  assert pipeline.load(config(folder=str(tmp_path)), "train").num_classes == 1
+  with pytest.raises(pipeline.DataError, match="cow"):
+    pipeline.load(config(folder=str(tmp_path)), "test")
 
 
 def test_unknown_name_and_bad_max_examples():
-  with pytest.raises(data.DataError, match="config.data.name") as error:
-    data.load(config(name="imagenet"), "train")
+  with pytest.raises(pipeline.DataError, match="config.data.name") as error:
+    pipeline.load(config(name="imagenet"), "train")
   assert "cifar10" in str(error.value) and "config.data.folder" in str(error.value)
-  with pytest.raises(data.DataError, match="config.data.max_examples"):
-    data.load(config(name="synthetic", max_examples=-1), "train")
+  with pytest.raises(pipeline.DataError, match="config.data.max_examples"):
+    pipeline.load(config(name="synthetic", max_examples=-1), "train")
 
 
 # ---------------------------------------------------------------- TFDS
@@ -143,13 +145,13 @@ def test_unknown_name_and_bad_max_examples():
     ("cifar10", 10), ("cifar100", 100), ("svhn_cropped", 10)])
 def test_tfds_mock(name, num_classes):
   with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
-    src = data.load(config(name=name), "train")
-    small = data.load(config(name=name, max_examples=5), "test")
+    src = pipeline.load(config(name=name), "train")
+    small = pipeline.load(config(name=name, max_examples=5), "test")
   assert src.images.shape == (12, 32, 32, 3) and src.images.dtype == np.uint8
   assert src.labels.shape == (12,) and src.labels.dtype == np.int32
   assert src.num_classes == num_classes
   assert src.labels.min() >= 0 and src.labels.max() < num_classes
-  assert (src.mean, src.std) == data.TFDS_STATS[name]
+  assert (src.mean, src.std) == pipeline.TFDS_STATS[name]
   assert small.images.shape == (5, 32, 32, 3)
 
 
@@ -180,20 +182,20 @@ def prepared_cifar10(tmp_path_factory):
 
 
 def test_tfds_prepared_array_record(prepared_cifar10):
-  src = data.load(config(name="cifar10", tfds_data_dir=str(prepared_cifar10)), "train")
+  src = pipeline.load(config(name="cifar10", tfds_data_dir=str(prepared_cifar10)), "train")
   assert src.images.shape == (12, 32, 32, 3) and src.images.dtype == np.uint8
   assert sorted(src.labels.tolist()) == sorted(i % 10 for i in range(12))
   expected = 20 * src.labels[:, None, None, None] + np.arange(3)
   np.testing.assert_array_equal(src.images, np.broadcast_to(expected, src.images.shape))
-  test = data.load(config(name="cifar10", tfds_data_dir=str(prepared_cifar10), max_examples=3),
-                   "test")
+  test = pipeline.load(config(name="cifar10", tfds_data_dir=str(prepared_cifar10), max_examples=3),
+                       "test")
   assert test.images.shape == (3, 32, 32, 3) and test.num_classes == 10
 
 
 def test_tfds_missing_dataset(tmp_path):
   start = time.perf_counter()
-  with pytest.raises(data.DataError) as error:
-    data.load(config(name="cifar10", tfds_data_dir=str(tmp_path)), "train")
+  with pytest.raises(pipeline.DataError) as error:
+    pipeline.load(config(name="cifar10", tfds_data_dir=str(tmp_path)), "train")
   assert time.perf_counter() - start < 5
   message = str(error.value)
   assert "pip install 'sdarts_jax[prepare]' && tfds build cifar10 --file_format=array_record" \
@@ -208,7 +210,7 @@ def test_imagenet_missing_is_the_same_error_with_its_own_help(tmp_path):
   from sdarts_jax.evaluation import input_pipeline
   cfg = defaults.from_file("imagenet_eval").data
   cfg.tfds_data_dir = str(tmp_path)
-  with pytest.raises(data.DataError) as error:
+  with pytest.raises(pipeline.DataError) as error:
     input_pipeline.make_input(cfg, 0, None)
   message = str(error.value)
   assert "'imagenet2012' (config.data.name) has no prepared 'train' split" in message
@@ -219,12 +221,12 @@ def test_imagenet_missing_is_the_same_error_with_its_own_help(tmp_path):
 # ---------------------------------------------------------------- synthetic data
 
 def test_synthetic_is_deterministic_and_learnable():
-  a, b = data.synthetic(200, 10, 16, seed=3), data.synthetic(200, 10, 16, seed=3)
+  a, b = pipeline.synthetic(200, 10, 16, seed=3), pipeline.synthetic(200, 10, 16, seed=3)
   np.testing.assert_array_equal(a.images, b.images)
   np.testing.assert_array_equal(a.labels, b.labels)
   assert a.images.shape == (200, 16, 16, 3) and a.images.dtype == np.uint8
   assert np.bincount(a.labels).tolist() == [20] * 10
-  other = data.synthetic(100, 10, 16, seed=4)
+  other = pipeline.synthetic(100, 10, 16, seed=4)
   assert not np.array_equal(other.images, a.images[:100])
   # Nearest class mean, fitted on one seed, classifies another seed's images.
   means = np.stack([a.images[a.labels == c].mean(0) for c in range(10)]).reshape(10, -1)
@@ -234,18 +236,18 @@ def test_synthetic_is_deterministic_and_learnable():
 
 def test_synthetic_splits_through_load():
   cfg = config(name="synthetic", synthetic_examples=40, image_size=8)
-  train, test = data.load(cfg, "train"), data.load(cfg, "test")
+  train, test = pipeline.load(cfg, "train"), pipeline.load(cfg, "test")
   assert train.images.shape == (40, 8, 8, 3) and test.images.shape == (10, 8, 8, 3)
-  assert train.num_classes == test.num_classes == data.SYNTHETIC_CLASSES
+  assert train.num_classes == test.num_classes == pipeline.SYNTHETIC_CLASSES
   assert (test.mean, test.std) == (train.mean, train.std)
-  assert data.load(config(name="synthetic", max_examples=7), "train").images.shape[0] == 7
-  with pytest.raises(data.DataError, match="config.data.synthetic_examples"):
-    data.load(config(name="synthetic", synthetic_examples=3), "train")
+  assert pipeline.load(config(name="synthetic", max_examples=7), "train").images.shape[0] == 7
+  with pytest.raises(pipeline.DataError, match="config.data.synthetic_examples"):
+    pipeline.load(config(name="synthetic", synthetic_examples=3), "train")
 
 
 def test_channel_stats():
   images = np.random.default_rng(0).integers(0, 256, (5, 6, 7, 3), dtype=np.uint8)
-  mean, std = data.channel_stats(images)
+  mean, std = pipeline.channel_stats(images)
   np.testing.assert_allclose(mean, (images / 255.0).reshape(-1, 3).mean(0), rtol=1e-12)
   np.testing.assert_allclose(std, (images / 255.0).reshape(-1, 3).std(0), rtol=1e-12)
 
@@ -253,17 +255,17 @@ def test_channel_stats():
 # ---------------------------------------------------------------- search batches
 
 def test_search_split():
-  weights, alpha = data.search_split(11, 0.5)
+  weights, alpha = pipeline.search_split(11, 0.5)
   np.testing.assert_array_equal(weights, np.arange(5))
   np.testing.assert_array_equal(alpha, np.arange(5, 11))
   for n, portion in [(10, 0.0), (10, 1.0), (1, 0.5)]:
-    with pytest.raises(data.DataError, match="config.data.train_portion"):
-      data.search_split(n, portion)
+    with pytest.raises(pipeline.DataError, match="config.data.train_portion"):
+      pipeline.search_split(n, portion)
 
 
 def test_search_batches():
   src = array_source(103)  # weight half 0..50, alpha half 51..102
-  batches = data.SearchBatches(src, 0.5, batch_size=8, seed=1)
+  batches = pipeline.SearchBatches(src, 0.5, batch_size=8, seed=1)
   assert batches.steps_per_epoch == 51 // 8
   first = [batches.batch(0, i) for i in range(batches.steps_per_epoch)]
   b = first[1]
@@ -276,27 +278,27 @@ def test_search_batches():
   for b in first:  # images and labels stay paired
     np.testing.assert_array_equal(b["train_image"][:, 0, 0, 0], b["train_label"])
   # A pure function of (seed, epoch, index): a fresh object reproduces it (resumption).
-  again = data.SearchBatches(src, 0.5, batch_size=8, seed=1).batch(0, 1)
+  again = pipeline.SearchBatches(src, 0.5, batch_size=8, seed=1).batch(0, 1)
   for key in b:
     np.testing.assert_array_equal(again[key], first[1][key])
   assert not np.array_equal(batches.batch(1, 0)["train_label"], first[0]["train_label"])
   assert not np.array_equal(batches.batch(1, 0)["val_label"], first[0]["val_label"])
-  other_seed = data.SearchBatches(src, 0.5, batch_size=8, seed=2).batch(0, 0)
+  other_seed = pipeline.SearchBatches(src, 0.5, batch_size=8, seed=2).batch(0, 0)
   assert not np.array_equal(other_seed["train_label"], first[0]["train_label"])
   with pytest.raises(IndexError):
     batches.batch(0, batches.steps_per_epoch)
 
 
 def test_search_batches_batch_too_large():
-  with pytest.raises(data.DataError, match="config.data.batch_size = 64"):
-    data.SearchBatches(array_source(100), 0.5, batch_size=64, seed=0)
-  with pytest.raises(data.DataError, match="config.data.batch_size is 0"):
-    data.SearchBatches(array_source(100), 0.5, batch_size=0, seed=0)
+  with pytest.raises(pipeline.DataError, match="config.data.batch_size = 64"):
+    pipeline.SearchBatches(array_source(100), 0.5, batch_size=64, seed=0)
+  with pytest.raises(pipeline.DataError, match="config.data.batch_size is 0"):
+    pipeline.SearchBatches(array_source(100), 0.5, batch_size=0, seed=0)
 
 
 def test_eval_batches_cover_split_once():
   src = array_source(10)
-  batches = list(data.eval_batches(src, 4))
+  batches = list(pipeline.eval_batches(src, 4))
   assert [b["valid"].tolist() for b in batches] == [[True] * 4, [True] * 4,
                                                     [True, True, False, False]]
   assert all(b["image"].shape == (4, 4, 4, 3) and b["label"].shape == (4,) for b in batches)
@@ -315,7 +317,7 @@ def _images(n=16, size=8, seed=0):
 def test_preprocess_without_augment_normalises():
   images = _images()
   mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
-  out = data.preprocess(jax.random.key(0), jnp.asarray(images), mean, std, augment=False)
+  out = pipeline.preprocess(jax.random.key(0), jnp.asarray(images), mean, std, augment=False)
   assert out.shape == images.shape and out.dtype == jnp.float32
   expected = (images / np.float32(255) - np.float32(mean)) / np.float32(std)
   # x / 255 - mean cancels toward zero, and XLA may round the divisions differently (a
@@ -327,7 +329,7 @@ def test_preprocess_without_augment_normalises():
 
 def test_preprocess_augment_is_a_padded_crop_and_flip():
   images, padding = _images(64), 4
-  out = jax.jit(lambda k, x: data.preprocess(k, x, (0.0,) * 3, (1.0,) * 3, True, padding))(
+  out = jax.jit(lambda k, x: pipeline.preprocess(k, x, (0.0,) * 3, (1.0,) * 3, True, padding))(
       jax.random.key(7), jnp.asarray(images))
   assert out.shape == images.shape and out.dtype == jnp.float32
   pixels = np.rint(np.asarray(out) * 255).astype(np.uint8)
@@ -350,11 +352,11 @@ def test_preprocess_augment_is_a_padded_crop_and_flip():
 def test_preprocess_and_to_global_do_not_depend_on_sharding():
   images = _images(16)
   batch = {"image": images, "label": np.arange(16, dtype=np.int32)}
-  fn = jax.jit(lambda k, x: data.preprocess(k, x, (0.5,) * 3, (0.25,) * 3, True))
+  fn = jax.jit(lambda k, x: pipeline.preprocess(k, x, (0.5,) * 3, (0.25,) * 3, True))
   single = fn(jax.random.key(3), jnp.asarray(images))
   mesh = Mesh(np.array(jax.devices()[:4]), ("data",))
   sharding = NamedSharding(mesh, PartitionSpec("data"))
-  placed = data.to_global(batch, sharding)
+  placed = pipeline.to_global(batch, sharding)
   for name in batch:
     assert placed[name].sharding == sharding
     np.testing.assert_array_equal(placed[name], batch[name])
@@ -381,10 +383,10 @@ def test_cutout_squares_where_the_reference_puts_them():
     y1, y2 = np.clip([y - length // 2, y + length // 2], 0, size)
     x1, x2 = np.clip([x_ - length // 2, x_ + length // 2], 0, size)
     want[i, y1:y2, x1:x2] = 0
-  np.testing.assert_array_equal(data.cutout_square(key, x, length, 1.0), want)
-  np.testing.assert_array_equal(data.cutout_square(key, x, length), want)
-  np.testing.assert_array_equal(data.cutout_square(key, x, length, 0.0), x)
-  half = np.asarray(jax.jit(data.cutout_square, static_argnums=2)(key, x, length, 0.5))
+  np.testing.assert_array_equal(pipeline.cutout_square(key, x, length, 1.0), want)
+  np.testing.assert_array_equal(pipeline.cutout_square(key, x, length), want)
+  np.testing.assert_array_equal(pipeline.cutout_square(key, x, length, 0.0), x)
+  half = np.asarray(jax.jit(pipeline.cutout_square, static_argnums=2)(key, x, length, 0.5))
   cut = [np.array_equal(half[i], want[i]) for i in range(n)]
   untouched = [np.array_equal(half[i], x[i]) for i in range(n)]
   assert all(c or u for c, u in zip(cut, untouched)) and 10 < sum(cut) < 54
@@ -394,20 +396,20 @@ def test_cutout_probability_constant_or_ramped():
   """"constant" (the default): cutout_prob in every epoch, as the official scripts run
   (their ramp sets an attribute that Cutout never reads); "linear_ramp": what their comment
   and log line say, cutout_prob * epoch / (epochs - 1), epoch from 0."""
-  assert data.cutout_prob_at(0.5, 0, 50) == data.cutout_prob_at(0.5, 49, 50) == 0.5
-  ramp = lambda *a: data.cutout_prob_at(*a, schedule="linear_ramp")
+  assert pipeline.cutout_prob_at(0.5, 0, 50) == pipeline.cutout_prob_at(0.5, 49, 50) == 0.5
+  ramp = lambda *a: pipeline.cutout_prob_at(*a, schedule="linear_ramp")
   assert ramp(1.0, 0, 50) == 0.0 and ramp(1.0, 49, 50) == 1.0
   assert ramp(0.5, 7, 50) == 0.5 * 7 / 49
   assert ramp(1.0, 0, 1) == 0.0
   assert float(jax.jit(ramp, static_argnums=2)(1.0, jnp.int32(2), 5)) == 0.5
   with pytest.raises(ValueError, match="cutout schedule 'ramp'"):
-    data.cutout_prob_at(1.0, 0, 5, "ramp")
+    pipeline.cutout_prob_at(1.0, 0, 5, "ramp")
   c = defaults.search_config("adv")
   assert (c.data.cutout, c.data.cutout_schedule) == (0, "constant")  # off by default
 
 
 def test_search_step_cuts_its_images_by_the_schedule(monkeypatch):
-  """The images the search step is handed (`search.make_train_step`'s preprocessing of the
+  """The images the search step is handed (`run_search.make_train_step`'s preprocessing of the
   weights' and alpha's batches, with the probability it computes from the step count),
   counted: an image is cut when it holds zeros, and then exactly one square of at most
   cutout x cutout pixels (constant images normalise to nonzero values, padding included).
@@ -415,10 +417,10 @@ def test_search_step_cuts_its_images_by_the_schedule(monkeypatch):
   epoch as in the last; "linear_ramp" none in the first, a quarter in the middle, half in
   the last. 512 images per count: a binomial standard deviation of at most 0.022."""
   from conftest import tiny_config
-  from sdarts_jax import scan_step, search
+  from sdarts_jax.search import run_search, scan_step
   n, size, length, steps_per_epoch = 256, 8, 4, 3
-  source = data.Source("constant", np.zeros((1, size, size, 3), np.uint8), np.zeros(1, np.int32),
-                       10, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+  source = pipeline.Source("constant", np.zeros((1, size, size, 3), np.uint8),
+                           np.zeros(1, np.int32), 10, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
   batch = {"train_image": jnp.full((n, size, size, 3), 200, jnp.uint8),
            "val_image": jnp.full((n, size, size, 3), 200, jnp.uint8)}
 
@@ -437,8 +439,9 @@ def test_search_step_cuts_its_images_by_the_schedule(monkeypatch):
     if schedule not in compiled:
       config = tiny_config("darts", **{"epochs": 5, "data.cutout": length, "data.cutout_prob":
                                        0.5, "data.cutout_schedule": schedule})
-      search.check_config(config)
-      compiled[schedule] = jax.jit(search.make_train_step(None, config, steps_per_epoch, source))
+      run_search.check_config(config)
+      compiled[schedule] = jax.jit(run_search.make_train_step(None, config, steps_per_epoch,
+                                                              source))
     x = np.asarray(compiled[schedule]({"step": jnp.int32(epoch * steps_per_epoch + 1)}, batch))
     zero = np.all(x == 0, axis=-1)  # [2n, H, W]
     cut = zero.any(axis=(1, 2))

@@ -1,5 +1,5 @@
 """The demo's CIFAR-10 download, against a local HTTP server holding a small archive in the
-canonical format: downloaded once, checksum-verified, cached, read by `data.load`."""
+canonical format: downloaded once, checksum-verified, cached, read by `pipeline.load`."""
 import functools
 import hashlib
 import http.server
@@ -17,7 +17,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from sdarts_jax import data, demo, download
+from sdarts_jax import demo
+from sdarts_jax.data import download, pipeline
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PER_BATCH = 20
@@ -86,13 +87,13 @@ def test_downloads_verifies_caches_and_loads(server, tmp_path):
   assert said == [f"using CIFAR-10 downloaded earlier: {folder}"]
 
   cfg = ml_collections.ConfigDict(dict(folder=str(folder), name="cifar10", max_examples=0))
-  train, test = data.load(cfg, "train"), data.load(cfg, "test")
+  train, test = pipeline.load(cfg, "train"), pipeline.load(cfg, "test")
   assert train.images.shape == (5 * PER_BATCH, 32, 32, 3) and test.num_classes == 10
   first = BATCHES["data_batch_1"]
   np.testing.assert_array_equal(train.images[0], first[b"data"][0].reshape(3, 32, 32).transpose(1, 2, 0))
   np.testing.assert_array_equal(train.labels[:PER_BATCH], first[b"labels"])
   np.testing.assert_array_equal(test.labels, BATCHES["test_batch"][b"labels"])
-  assert train.mean == test.mean == data.channel_stats(train.images)[0]
+  assert train.mean == test.mean == pipeline.channel_stats(train.images)[0]
 
 
 def test_demo_takes_data_in_order_and_downloads_last(server, tmp_path, monkeypatch):
@@ -148,8 +149,9 @@ def test_batch_file_cannot_run_code(tmp_path):
   for name in BATCHES:
     (tmp_path / name).write_bytes(pickle.dumps({b"data": RunsCode(), b"labels": []}))
   cfg = ml_collections.ConfigDict(dict(folder=str(tmp_path), name="cifar10", max_examples=0))
-  with pytest.raises(data.DataError, match=r"data_batch_1 \(.*system is not part of a CIFAR batch"):
-    data.load(cfg, "train")
+  with pytest.raises(pipeline.DataError,
+                     match=r"data_batch_1 \(.*system is not part of a CIFAR batch"):
+    pipeline.load(cfg, "train")
   assert not (pathlib.Path.cwd() / "ran").exists() and not (tmp_path / "ran").exists()
 
 

@@ -9,13 +9,14 @@ import sys
 import numpy as np
 import pytest
 
-from sdarts_jax import nb101, run
 from sdarts_jax.analysis import draw
+from sdarts_jax.model import nb101_cell
+from sdarts_jax.run import lifecycle
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 K2, K1, K = "c_{k-2}", "c_{k-1}", "c_{k}"
 
-# darts_v2's cells (DARTS, second order; sdarts_jax/genotypes.json), read off by hand.
+# darts_v2's cells (DARTS, second order; sdarts_jax/search/genotypes.json), read off by hand.
 DARTS_V2_NORMAL = [(K2, "0", "sep_conv_3x3"), (K1, "0", "sep_conv_3x3"),
                    (K2, "1", "sep_conv_3x3"), (K1, "1", "sep_conv_3x3"),
                    (K1, "2", "sep_conv_3x3"), (K2, "2", "skip_connect"),
@@ -43,7 +44,7 @@ NB101_EDGES = [("input", C3, None), ("input", P3, None), ("input", "output", Non
 
 def nb101_genotype() -> dict:
   return {"nb101": {"matrix": NB101_MATRIX, "ops": NB101_OPS,
-                    "hash": nb101.spec_hash(np.array(NB101_MATRIX), NB101_OPS)}}
+                    "hash": nb101_cell.spec_hash(np.array(NB101_MATRIX), NB101_OPS)}}
 
 
 def svg_texts(path) -> set[str]:
@@ -106,7 +107,7 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
   not_a_cell = tmp_path / "cell.json"
   not_a_cell.write_text('{"normal": []}')
   with pytest.raises(SystemExit) as exit_:
-    run.as_command(draw.command, [str(not_a_cell)], "")
+    lifecycle.as_command(draw.command, [str(not_a_cell)], "")
   assert exit_.value.code == 2
   assert capsys.readouterr().err == (f"error: {not_a_cell}: 'normal' must list 8 [op, input] "
                                      f"pairs\n")

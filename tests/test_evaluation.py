@@ -15,9 +15,12 @@ import tensorflow_datasets as tfds
 
 from conftest import check_exact_resume, final_state, override, shared_data
 from test_losses import smoothed_ce
-from sdarts_jax import data, genotype, metrics, ops, parallel
+from sdarts_jax.data import pipeline
 from sdarts_jax.defaults import from_file
 from sdarts_jax.evaluation import defaults, input_pipeline, network, report, train
+from sdarts_jax.model import ops
+from sdarts_jax.run import metrics, parallel
+from sdarts_jax.search import genotype
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 JPEG = shared_data("cifar10-jpeg")
@@ -189,9 +192,9 @@ def test_training_loss_is_smoothed_main_plus_weighted_aux_at_the_epochs_drop_pro
   config = tiny_config(**{"loss.label_smoothing": 0.1, "drop_path": 0.5})
   assert config.loss.aux_weight == 0.4
   spe = 4
-  source = data.load(config.data, "train")
+  source = pipeline.load(config.data, "train")
   model = train.build_model(config, source.num_classes)
-  preprocess = lambda key, images, training: data.preprocess(
+  preprocess = lambda key, images, training: pipeline.preprocess(
       key, images, source.mean, source.std, False)
   state = jax.jit(lambda: train.init_state(model, config, source.images.shape[1:], spe))()
   state["step"] = jnp.asarray(spe, jnp.int32)  # the first step of epoch 1
@@ -217,15 +220,15 @@ def test_training_loss_is_smoothed_main_plus_weighted_aux_at_the_epochs_drop_pro
 
 def test_cutout_zeroes_one_clipped_square():
   x = jnp.ones((64, 32, 32, 3))
-  y = np.asarray(data.cutout_square(jax.random.PRNGKey(0), x, 16))
+  y = np.asarray(pipeline.cutout_square(jax.random.PRNGKey(0), x, 16))
   for image in y[..., 0]:
     rows, cols = np.nonzero(image == 0)
     assert 0 < len(rows) <= 256
     h, w = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
     assert len(rows) == h * w and h <= 16 and w <= 16  # a (clipped) rectangle
   assert (y == 0).mean() < 256 / 1024
-  plain = data.preprocess(jax.random.PRNGKey(0), jnp.full((2, 32, 32, 3), 9, jnp.uint8),
-                          (0.5,) * 3, (0.25,) * 3, True)
+  plain = pipeline.preprocess(jax.random.PRNGKey(0), jnp.full((2, 32, 32, 3), 9, jnp.uint8),
+                              (0.5,) * 3, (0.25,) * 3, True)
   assert not np.any(np.asarray(plain) == 0)  # cutout off by default
 
 
@@ -258,9 +261,9 @@ def test_real_training_steps_lower_the_loss():
   config = tiny_config(**{"data.folder": str(JPEG), "data.max_examples": 64,
                           "data.batch_size": 64, "data.augment": False, "drop_path": 0.0,
                           "optim.lr": 0.1, "epochs": 100})
-  source = data.load(config.data, "train")
+  source = pipeline.load(config.data, "train")
   model = train.build_model(config, source.num_classes)
-  preprocess = lambda key, images, training: data.preprocess(
+  preprocess = lambda key, images, training: pipeline.preprocess(
       key, images, source.mean, source.std, False)
   state = jax.jit(lambda: train.init_state(model, config, source.images.shape[1:], 10))()
   step = jax.jit(train.make_train_step(model, config, 10, preprocess))
@@ -370,7 +373,7 @@ def test_imagenet_training_end_to_end_on_mock_data(tmp_path):
 def test_missing_imagenet_says_how_to_prepare(tmp_path):
   cfg = from_file("imagenet_eval").data
   cfg.tfds_data_dir = str(tmp_path)
-  with pytest.raises(data.DataError, match="downloaded by hand"):
+  with pytest.raises(pipeline.DataError, match="downloaded by hand"):
     input_pipeline.make_input(cfg, 0, parallel.make_mesh())
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import final_state
-from sdarts_jax import metrics
+from sdarts_jax.run import metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 8  # 128 synthetic images, half for the weights, batch 8

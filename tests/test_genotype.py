@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from sdarts_jax import genotype, spaces
+from sdarts_jax.model import spaces
+from sdarts_jax.search import genotype
 
 
 def _A(num_ops, entries):

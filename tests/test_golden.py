@@ -38,7 +38,9 @@ import numpy as np
 import optax
 import pytest
 
-from sdarts_jax import defaults, losses, optim, perturb, scan_step, search, spaces, supernet
+from sdarts_jax import defaults
+from sdarts_jax.model import losses, spaces, supernet
+from sdarts_jax.search import optim, perturb, run_search, scan_step
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
 FORWARD = ["s5"]  # spaces with a forward-pass fixture
@@ -93,7 +95,7 @@ def config_of(space: str, method: str):
 
 @functools.lru_cache(maxsize=None)
 def model_of(space: str):
-  return search.build_model(config_of(space, "darts"), int(fixture(space)["meta/classes"]))
+  return run_search.build_model(config_of(space, "darts"), int(fixture(space)["meta/classes"]))
 
 
 def images(x: np.ndarray) -> jax.Array:
@@ -313,7 +315,7 @@ def step_fn(space: str, method: str):
 
 
 def initial_state(space: str, method: str) -> dict:
-  """The search state of the fixture's start (as search.init_state builds it)."""
+  """The search state of the fixture's start (as run_search.init_state builds it)."""
   fx = fixture(space)
   config = config_of(space, method)
   spe = int(fx["meta/steps_per_epoch"])

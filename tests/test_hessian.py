@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import hessian_batches, tiny_search
-from sdarts_jax import hessian, parallel
+from sdarts_jax.run import parallel
+from sdarts_jax.search import hessian
 
 KEY = jax.random.PRNGKey(0)
 

@@ -1,4 +1,4 @@
-"""Commands keep library noise off the console (`run.quiet_libraries`); TFDS's probing is
+"""Commands keep library noise off the console (`lifecycle.quiet_libraries`); TFDS's probing is
 checked on the demo's real output in test_download.py."""
 import os
 import pathlib
@@ -9,8 +9,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 SCRIPT = """
 import logging, sys
-from sdarts_jax import run
-run.quiet_libraries()
+from sdarts_jax.run import lifecycle
+lifecycle.quiet_libraries()
 logging.root.setLevel(logging.INFO)  # even at INFO, the noise stays out
 logging.root.addHandler(logging.StreamHandler(sys.stdout))
 import jax

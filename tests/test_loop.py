@@ -5,7 +5,7 @@ import ml_collections
 import pytest
 
 from conftest import sigterm_after
-from sdarts_jax import loop, run
+from sdarts_jax.run import lifecycle, loop
 
 
 class Checkpoints:
@@ -85,7 +85,7 @@ def test_checkpoint_every_and_early_stop():
 def test_non_finite_metric_stops_with_the_last_good_checkpoint():
   ckpt, writer = Checkpoints(), Writer()
   batches = lambda start: iter([1.0, 2.0, 3.0, 4.0, 5.0, float("nan"), 7.0, 8.0][start:])
-  with pytest.raises(run.RunError, match="non-finite metrics at step 6.*step 4"):
+  with pytest.raises(lifecycle.RunError, match="non-finite metrics at step 6.*step 4"):
     loop.Loop(config(), ckpt, writer, "w").train(
         {"step": jnp.int32(0), "total": jnp.float32(0)}, {},
         loop.Task(4, step_fn, batches, lambda *a: ({}, False), lambda m: "",
@@ -96,8 +96,8 @@ def test_non_finite_metric_stops_with_the_last_good_checkpoint():
 def test_preemption_mid_epoch_saves_partial_sums_and_resumes_to_the_same_means(monkeypatch):
   saved = []
   monkeypatch.setattr(Checkpoints, "save", lambda self, s, st, r: saved.append((s, st, r)))
-  monkeypatch.setattr(run, "on_sigterm", sigterm_after(6))  # raised during step 6
-  with pytest.raises(run.Preempted):
+  monkeypatch.setattr(lifecycle, "on_sigterm", sigterm_after(6))  # raised during step 6
+  with pytest.raises(lifecycle.Preempted):
     train(config())
   monkeypatch.undo()
   assert [s for s, _, _ in saved] == [4, 6]

@@ -2,7 +2,7 @@
 import jax
 import numpy as np
 
-from sdarts_jax import losses
+from sdarts_jax.model import losses
 
 
 def smoothed_ce_per_example(logits, labels, smoothing):

@@ -8,7 +8,9 @@ import sys
 import pytest
 
 from conftest import tiny_config
-from sdarts_jax import defaults, genotype, run, search
+from sdarts_jax import defaults
+from sdarts_jax.run import lifecycle
+from sdarts_jax.search import genotype, run_search
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -43,7 +45,7 @@ def test_malformed_config_json_in_workdir_names_the_file(tmp_path):
   path = tmp_path / "config.json"
   path.write_text('{"method": "adv",\n "epochs": }\n')
   with pytest.raises(ValueError, match=rf"^{path}: not valid JSON \(line 2 col 12: "):
-    search.train_and_evaluate(tiny_config("adv"), str(tmp_path))
+    run_search.train_and_evaluate(tiny_config("adv"), str(tmp_path))
   out = main("--config=configs/cifar10_adv.py:smoke", f"--workdir={tmp_path}")
   assert out.returncode == 2 and "Traceback" not in out.stderr
   assert out.stderr.strip().splitlines()[-1].startswith(f"error: {path}: not valid JSON (line 2")
@@ -69,12 +71,12 @@ def test_resume_of_a_run_saved_before_a_field_existed(tmp_path):
   for field in ("order", "hvp", "hvp_r"):
     del saved["alpha"][field]
   (tmp_path / "config.json").write_text(json.dumps(saved))
-  run.check_resume(config, str(tmp_path))
+  lifecycle.check_resume(config, str(tmp_path))
   assert json.loads((tmp_path / "config.json").read_text())["alpha"]["order"] == 1
   (tmp_path / "config.json").write_text(json.dumps(saved))
   config.alpha.order = 2
   with pytest.raises(ValueError, match=r"different configuration \(fields alpha\.order\)"):
-    run.check_resume(config, str(tmp_path))
+    lifecycle.check_resume(config, str(tmp_path))
   # Saved before data.cutout_schedule: with cutout on it ran the ramp, so the constant
   # default is refused and linear_ramp resumes; with cutout off the schedule changes nothing.
   config = tiny_config("adv", **{"data.cutout": 4})
@@ -82,16 +84,16 @@ def test_resume_of_a_run_saved_before_a_field_existed(tmp_path):
   del saved["data"]["cutout_schedule"]
   (tmp_path / "config.json").write_text(json.dumps(saved))
   with pytest.raises(ValueError, match=r"different configuration \(fields data\.cutout_schedule\)"):
-    run.check_resume(config, str(tmp_path))
+    lifecycle.check_resume(config, str(tmp_path))
   config.data.cutout_schedule = "linear_ramp"
-  run.check_resume(config, str(tmp_path))
+  lifecycle.check_resume(config, str(tmp_path))
   config, saved["data"]["cutout"] = tiny_config("adv"), 0
   (tmp_path / "config.json").write_text(json.dumps(saved))
-  run.check_resume(config, str(tmp_path))
+  lifecycle.check_resume(config, str(tmp_path))
   evaluation = defaults.from_file("cifar10_eval", "smoke")
   (tmp_path / "eval").mkdir()
   (tmp_path / "eval" / "config.json").write_text(evaluation.to_json())
-  run.check_resume(evaluation, str(tmp_path / "eval"))
+  lifecycle.check_resume(evaluation, str(tmp_path / "eval"))
 
 
 def test_method_darts2_in_the_method_field_says_where_second_order_is():
@@ -99,4 +101,4 @@ def test_method_darts2_in_the_method_field_says_where_second_order_is():
   config.method = "darts2"
   with pytest.raises(ValueError, match=r"config\.method=darts2: second-order DARTS is method "
                                        r"darts with config\.alpha\.order=2"):
-    search.check_config(config)
+    run_search.check_config(config)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from sdarts_jax import metrics
+from sdarts_jax.run import metrics
 
 
 def write_killed_run(workdir):

@@ -24,7 +24,9 @@ import jax
 import numpy as np
 
 from conftest import tiny_config
-from sdarts_jax import checkpoint, genotype, search, supernet
+from sdarts_jax.model import supernet
+from sdarts_jax.run import checkpoint
+from sdarts_jax.search import genotype, run_search
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The search: tiny_config's model and data, 2 epochs of 2 steps, no evaluation pass.
@@ -42,10 +44,12 @@ DRIVER = textwrap.dedent("""
     sys.path.insert(0, os.environ["TEST_DIR"])
     import jax
     from absl import app
-    from sdarts_jax import data, main, run
+    from sdarts_jax import main
+    from sdarts_jax.data import pipeline
+    from sdarts_jax.run import lifecycle
     if os.environ.get("TEST_STOP_AFTER"):
       from conftest import sigterm_after
-      run.on_sigterm = sigterm_after(int(os.environ["TEST_STOP_AFTER"]))
+      lifecycle.on_sigterm = sigterm_after(int(os.environ["TEST_STOP_AFTER"]))
     place = jax.make_array_from_callback
     def recorded(shape, sharding, callback, *args, **kwargs):
       def cb(index):
@@ -110,8 +114,8 @@ def final_state(workdir, config, init=None) -> tuple[int, dict]:
   (a checkpoint written by several processes needs a target with shardings). init: a
   function giving the initial state (default: the search's)."""
   if init is None:
-    model = search.build_model(config, 10)
-    init = lambda: search.init_state(model, config, (8, 8, 3), 2)
+    model = run_search.build_model(config, 10)
+    init = lambda: run_search.init_state(model, config, (8, 8, 3), 2)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
                           jax.eval_shape(init))
@@ -181,7 +185,7 @@ def rows_placed(tmp_path) -> list[int]:
 def test_two_processes_equal_one_and_resume(tmp_path):
   # Preempted after step 3 (mid-epoch 2).
   config = tiny_config("darts", **{k: v for k, v in OVERRIDES.items() if k != "method"})
-  preempt_and_resume(tmp_path, lambda workdir: search.train_and_evaluate(config, workdir))
+  preempt_and_resume(tmp_path, lambda workdir: run_search.train_and_evaluate(config, workdir))
   check_outputs(tmp_path, config)
 
 
@@ -197,8 +201,8 @@ def check_outputs(tmp_path, config):
   for cell in a["alpha"]:
     scale = np.max(np.abs(np.asarray(a["alpha"][cell])))
     np.testing.assert_allclose(b["alpha"][cell], a["alpha"][cell], rtol=0, atol=1e-5 * scale)
-  model = search.build_model(config, 10)
-  init = jax.jit(lambda: search.init_state(model, config, (8, 8, 3), 2))()
+  model = run_search.build_model(config, 10)
+  init = jax.jit(lambda: run_search.init_state(model, config, (8, 8, 3), 2))()
   moved = max(float(np.abs(b["alpha"][c] - init["alpha"][c]).max()) for c in init["alpha"])
   assert moved > 1e-4, moved  # the tolerance above is far below what the steps changed
   for name in ("genotype.json", "genotypes/epoch_001.json", "genotypes/epoch_002.json"):

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 
 from conftest import assert_close_normwise, override
-from sdarts_jax import data
+from sdarts_jax.data import pipeline
 from sdarts_jax.evaluation import defaults as eval_defaults, train
 from test_multiprocess import check_written_once, final_state, preempt_and_resume, rows_placed
 
@@ -50,5 +50,5 @@ def test_two_process_evaluation_training_equals_one_and_resumes(tmp_path):
   # Each process placed only its own rows, of every train and test batch: 4 train batches
   # in the first launch (steps 1-3 and the one placed while step 3 ran), steps 4-8 in the
   # second, and the test split after each of the 2 epochs.
-  test_batches = -(-len(data.load(config.data, "test").labels) // config.data.batch_size)
+  test_batches = -(-len(pipeline.load(config.data, "test").labels) // config.data.batch_size)
   assert rows_placed(tmp_path) == [2 * (4 + 5 + 2 * test_batches)] * 2

@@ -13,9 +13,11 @@ import sys
 import numpy as np
 import pytest
 
-from sdarts_jax import nb101
+from sdarts_jax.model import nb101_cell
+from sdarts_jax.tables import nb101
 
-I, O, C3, C1, MP = nb101.INPUT, nb101.OUTPUT, nb101.CONV3X3, nb101.CONV1X1, nb101.MAXPOOL3X3
+I, O = nb101_cell.INPUT, nb101_cell.OUTPUT
+C3, C1, MP = nb101_cell.CONV3X3, nb101_cell.CONV1X1, nb101_cell.MAXPOOL3X3
 # A checkout of github.com/google-research/nasbench (the official NAS-Bench-101 code, read
 # only), named by $SDARTS_NASBENCH_CODE (`.ci/run` sets it where the workplace has one).
 REF_NASBENCH = pathlib.Path(os.environ.get("SDARTS_NASBENCH_CODE", "/nonexistent"))
@@ -43,21 +45,21 @@ def official():
 
 
 def alpha(space, **rows):
-  """Alpha for `space`, zero except the given arrays (keys of nb101.alpha_shapes)."""
-  out = {key: np.zeros(shape) for key, shape in nb101.alpha_shapes(space).items()}
+  """Alpha for `space`, zero except the given arrays (keys of nb101_cell.alpha_shapes)."""
+  out = {key: np.zeros(shape) for key, shape in nb101_cell.alpha_shapes(space).items()}
   out.update({key: np.asarray(value, np.float64) for key, value in rows.items()})
   return out
 
 
 def one_hot_ops(*columns):
   """alpha["mixed_op"] choosing, for node v, the op in column columns[v - 1] (OPS order)."""
-  return np.eye(len(nb101.OPS))[list(columns)] * 5.0
+  return np.eye(len(nb101_cell.OPS))[list(columns)] * 5.0
 
 
 def random_cell(rng, vertices):
   """A random upper-triangular cell (matrix [V, V], V ops) with the NAS-Bench-101 ops."""
   matrix = np.triu(rng.integers(0, 2, (vertices, vertices)), 1)
-  return matrix, [I] + [str(op) for op in rng.choice(nb101.HASH_OPS, vertices - 2)] + [O]
+  return matrix, [I] + [str(op) for op in rng.choice(nb101_cell.HASH_OPS, vertices - 2)] + [O]
 
 
 # ---------------------------------------------------------------- spaces and alpha
@@ -70,21 +72,21 @@ def test_alpha_shapes_are_the_reference_ones():
                   "inputs_4": (1, 4)},
           "ss3": {"mixed_op": (5, 3), "output": (1, 6), "inputs_2": (1, 2), "inputs_3": (1, 3),
                   "inputs_4": (1, 4), "inputs_5": (1, 5)}}
-  assert {name: nb101.alpha_shapes(space) for name, space in nb101.SPACES.items()} == want
-  assert [nb101.get_space(n).parents for n in ("ss1", "ss2", "ss3")] == [
+  assert {name: nb101_cell.alpha_shapes(space) for name, space in nb101_cell.SPACES.items()} == want
+  assert [nb101_cell.get_space(n).parents for n in ("ss1", "ss2", "ss3")] == [
       (1, 2, 2, 2, 2), (1, 1, 2, 2, 3), (1, 1, 1, 2, 2, 2)]  # docs/method.md, section 4
   with pytest.raises(ValueError, match="ss1, ss2, ss3"):
-    nb101.get_space("ss4")
+    nb101_cell.get_space("ss4")
 
 
 def test_derive_ss1_prunes_a_dangling_node():
   """ss1: node 1 <- 0 and node 2 <- 0, 1 are fixed; node 3 picks {1, 2}, node 4 {0, 1}, the
   output {2, 4}. Node 3 feeds nothing, so it is dropped: vertices 0, 1, 2, 4, out remain."""
-  space = nb101.get_space("ss1")
+  space = nb101_cell.get_space("ss1")
   a = alpha(space, mixed_op=one_hot_ops(1, 0, 2, 1), inputs_3=[[0, 5, 4]],
             inputs_4=[[3, 2, 0, 1]], output=[[0, 0, 5, 0, 4]])
-  assert nb101.cell_parents(space, a) == ((0,), (0, 1), (1, 2), (0, 1), (2, 4))
-  matrix, ops = nb101.derive_cell(space, a)
+  assert nb101_cell.cell_parents(space, a) == ((0,), (0, 1), (1, 2), (0, 1), (2, 4))
+  matrix, ops = nb101_cell.derive_cell(space, a)
   np.testing.assert_array_equal(matrix, [[0, 1, 1, 1, 0],
                                          [0, 0, 1, 1, 0],
                                          [0, 0, 0, 0, 1],
@@ -96,10 +98,10 @@ def test_derive_ss1_prunes_a_dangling_node():
 def test_derive_ss2_with_the_input_to_output_edge():
   """ss2: node 2 picks {1}, node 3 {0, 2}, node 4 {1, 3}, the output its top 3 {0, 3, 4}
   (column 0 of alpha["output"] is the cell input): all 9 edges stay."""
-  space = nb101.get_space("ss2")
+  space = nb101_cell.get_space("ss2")
   a = alpha(space, mixed_op=one_hot_ops(1, 2, 0, 1), inputs_2=[[0, 1]],
             inputs_3=[[1, 0, 2]], inputs_4=[[0, 3, 0, 2]], output=[[1, 0, 0, 0.5, 2]])
-  matrix, ops = nb101.derive_cell(space, a)
+  matrix, ops = nb101_cell.derive_cell(space, a)
   np.testing.assert_array_equal(matrix, [[0, 1, 0, 1, 0, 1],
                                          [0, 0, 1, 0, 1, 0],
                                          [0, 0, 0, 1, 0, 0],
@@ -112,11 +114,11 @@ def test_derive_ss2_with_the_input_to_output_edge():
 def test_derive_ss3_drops_a_dangling_chain():
   """ss3: 2 <- {0}, 3 <- {2}, 4 <- {0, 1}, 5 <- {0, 4}, output <- {4, 5}: nodes 3 and 2 lead
   nowhere and go; vertices 0, 1, 4, 5, out remain."""
-  space = nb101.get_space("ss3")
+  space = nb101_cell.get_space("ss3")
   a = alpha(space, mixed_op=one_hot_ops(0, 1, 2, 2, 1), inputs_2=[[1, 0]],
             inputs_3=[[0, 0, 1]], inputs_4=[[2, 1, 0, 0]], inputs_5=[[1, 0, 0, 0, 1]],
             output=[[0, 0, 0, 0, 1, 1]])
-  matrix, ops = nb101.derive_cell(space, a)
+  matrix, ops = nb101_cell.derive_cell(space, a)
   np.testing.assert_array_equal(matrix, [[0, 1, 1, 1, 0],
                                          [0, 0, 1, 0, 0],
                                          [0, 0, 0, 1, 1],
@@ -126,12 +128,12 @@ def test_derive_ss3_drops_a_dangling_chain():
 
 
 def test_derive_checks_alpha_and_breaks_ties_to_the_lower_index():
-  space = nb101.get_space("ss1")
-  assert nb101.top_k(np.array([[1.0, 2.0, 2.0, 2.0]]), 2) == (1, 2)
+  space = nb101_cell.get_space("ss1")
+  assert nb101_cell.top_k(np.array([[1.0, 2.0, 2.0, 2.0]]), 2) == (1, 2)
   with pytest.raises(ValueError, match="inputs_4"):
-    nb101.derive_cell(space, {k: v for k, v in alpha(space).items() if k != "inputs_4"})
+    nb101_cell.derive_cell(space, {k: v for k, v in alpha(space).items() if k != "inputs_4"})
   with pytest.raises(ValueError, match="mixed_op"):
-    nb101.derive_cell(space, alpha(space, mixed_op=np.zeros((5, 3))))
+    nb101_cell.derive_cell(space, alpha(space, mixed_op=np.zeros((5, 3))))
 
 
 def test_prune_matches_the_official_model_spec(official):
@@ -141,9 +143,9 @@ def test_prune_matches_the_official_model_spec(official):
     spec = official.ModelSpec(matrix, list(ops))
     if not spec.valid_spec:
       with pytest.raises(ValueError, match="not reachable"):
-        nb101.prune(matrix, ops)
+        nb101_cell.prune(matrix, ops)
       continue
-    pruned, pruned_ops = nb101.prune(matrix, ops)
+    pruned, pruned_ops = nb101_cell.prune(matrix, ops)
     np.testing.assert_array_equal(pruned, spec.matrix)
     assert pruned_ops == spec.ops
 
@@ -156,22 +158,22 @@ def test_hash_matches_the_official_function(official):
   for _ in range(30):
     matrix, _ = random_cell(rng, int(rng.integers(2, 8)))
     labels = [-1] + rng.integers(0, 3, len(matrix) - 2).tolist() + [-2]
-    assert nb101.graph_hash(matrix, labels) == graph_util.hash_module(matrix, labels)
+    assert nb101_cell.graph_hash(matrix, labels) == graph_util.hash_module(matrix, labels)
     matrix, ops = random_cell(rng, int(rng.integers(3, 8)))
     spec = official.ModelSpec(matrix, list(ops))
     if spec.valid_spec:
-      assert nb101.spec_hash(matrix, ops) == spec.hash_spec(list(nb101.HASH_OPS))
+      assert nb101_cell.spec_hash(matrix, ops) == spec.hash_spec(list(nb101_cell.HASH_OPS))
 
 
 def test_hash_pinned_values():
   """Computed with the official code: ModelSpec(matrix, ops).hash_spec(['conv3x3-bn-relu',
   'conv1x1-bn-relu', 'maxpool3x3']) from $SDARTS_NASBENCH_CODE (nasbench/lib/model_spec.py)."""
-  assert nb101.spec_hash(*API_EXAMPLE) == "28cfc7874f6d200472e1a9dcd8650aa0"
-  assert nb101.spec_hash([[0, 1, 0], [0, 0, 1], [0, 0, 0]], [I, C3, O]) == \
+  assert nb101_cell.spec_hash(*API_EXAMPLE) == "28cfc7874f6d200472e1a9dcd8650aa0"
+  assert nb101_cell.spec_hash([[0, 1, 0], [0, 0, 1], [0, 0, 0]], [I, C3, O]) == \
       "b49ac8c578b4561d79ac7087988f1c61"
   ss2_cell = ([[0, 1, 0, 1, 0, 1], [0, 0, 1, 0, 1, 0], [0, 0, 0, 1, 0, 0],
                [0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 0]], [I, C3, C1, MP, C3, O])
-  assert nb101.spec_hash(*ss2_cell) == "46dc425092832c338ba5dc8e87032fef"
+  assert nb101_cell.spec_hash(*ss2_cell) == "46dc425092832c338ba5dc8e87032fef"
 
 
 def test_isomorphic_cells_hash_alike_and_others_do_not():
@@ -185,31 +187,35 @@ def test_isomorphic_cells_hash_alike_and_others_do_not():
     labels = np.array([-1, 1, 0, 0, 0, 2, -2])
     moved = np.empty_like(labels)
     moved[perm] = labels
-    assert nb101.graph_hash(permuted, moved.tolist()) == nb101.graph_hash(matrix, labels.tolist())
+    assert (nb101_cell.graph_hash(permuted, moved.tolist())
+            == nb101_cell.graph_hash(matrix, labels.tolist()))
   # Two parallel branches swapped: an upper-triangular isomorphic cell.
   diamond = np.array([[0, 1, 1, 0], [0, 0, 0, 1], [0, 0, 0, 1], [0, 0, 0, 0]])
-  assert nb101.spec_hash(diamond, [I, C3, MP, O]) == nb101.spec_hash(diamond, [I, MP, C3, O])
+  assert (nb101_cell.spec_hash(diamond, [I, C3, MP, O])
+          == nb101_cell.spec_hash(diamond, [I, MP, C3, O]))
   # A dangling vertex does not change the cell NAS-Bench-101 trains.
   dangling = np.pad(diamond, ((0, 1), (0, 1)))[[0, 1, 2, 4, 3]][:, [0, 1, 2, 4, 3]]
   dangling[0, 3] = 1
-  assert nb101.spec_hash(dangling, [I, C3, MP, C1, O]) == nb101.spec_hash(diamond, [I, C3, MP, O])
+  assert (nb101_cell.spec_hash(dangling, [I, C3, MP, C1, O])
+          == nb101_cell.spec_hash(diamond, [I, C3, MP, O]))
   # Another op, another edge: other cells.
-  base = nb101.spec_hash(matrix, ops)
-  assert nb101.spec_hash(matrix, [I, C1, C3, C3, C1, MP, O]) != base
+  base = nb101_cell.spec_hash(matrix, ops)
+  assert nb101_cell.spec_hash(matrix, [I, C1, C3, C3, C1, MP, O]) != base
   extra = matrix.copy()
   extra[0, 4] = 1
-  assert nb101.spec_hash(extra, ops) != base
+  assert nb101_cell.spec_hash(extra, ops) != base
   chain = np.eye(5, k=1, dtype=int)
-  assert nb101.spec_hash(chain, [I, C3, C1, C1, O]) != nb101.spec_hash(chain, [I, C1, C1, C3, O])
+  assert (nb101_cell.spec_hash(chain, [I, C3, C1, C1, O])
+          != nb101_cell.spec_hash(chain, [I, C1, C1, C3, O]))
 
 
 def test_spec_hash_rejects_what_is_not_a_cell():
   with pytest.raises(ValueError, match="upper-triangular"):
-    nb101.spec_hash([[0, 1], [1, 0]], [I, O])
+    nb101_cell.spec_hash([[0, 1], [1, 0]], [I, O])
   with pytest.raises(ValueError, match="ops are"):
-    nb101.spec_hash(np.eye(3, k=1), [I, "conv5x5", O])
+    nb101_cell.spec_hash(np.eye(3, k=1), [I, "conv5x5", O])
   with pytest.raises(ValueError, match="not reachable"):
-    nb101.spec_hash(np.zeros((3, 3)), [I, C3, O])
+    nb101_cell.spec_hash(np.zeros((3, 3)), [I, C3, O])
 
 
 # ---------------------------------------------------------------- crc32c, framing, protobuf
@@ -311,7 +317,7 @@ def test_records_round_trip(tmp_path):
         (want.module_hash, want.epochs, want.ops, want.evaluations, want.trainable_parameters)
     np.testing.assert_array_equal(got.matrix, want.matrix)
   row = json.loads(nb101.encode_record(records[0]))
-  assert row[:4] == [nb101.spec_hash(*API_EXAMPLE), 108,
+  assert row[:4] == [nb101_cell.spec_hash(*API_EXAMPLE), 108,
                      "".join(str(e) for e in API_EXAMPLE[0].ravel()), ",".join(API_EXAMPLE[1])]
 
 
@@ -322,13 +328,13 @@ def test_table_averages_the_three_runs(tmp_path):
   assert len(table) == 2 and table.runs.tolist() == [3, 3]
   val, test = table.query(*API_EXAMPLE)
   assert val == pytest.approx(0.92) and test == pytest.approx(0.91)
-  assert table.lookup(nb101.spec_hash(*CELL_B)) == pytest.approx((0.71, 0.62))
+  assert table.lookup(nb101_cell.spec_hash(*CELL_B)) == pytest.approx((0.71, 0.62))
   # An isomorphic relabelling of CELL_B with a dangling vertex finds the same entry.
   assert table.query(np.array([[0, 1, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0], [0, 0, 0, 0]]),
                      [I, C3, MP, O]) == pytest.approx((0.71, 0.62))
   entries = {h: (v, t) for h, v, t in table}
-  assert entries == {nb101.spec_hash(*API_EXAMPLE): pytest.approx((0.92, 0.91)),
-                     nb101.spec_hash(*CELL_B): pytest.approx((0.71, 0.62))}
+  assert entries == {nb101_cell.spec_hash(*API_EXAMPLE): pytest.approx((0.92, 0.91)),
+                     nb101_cell.spec_hash(*CELL_B): pytest.approx((0.71, 0.62))}
   with pytest.raises(KeyError, match="no cell with hash"):
     table.lookup("0" * 32)
 

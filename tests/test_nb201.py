@@ -13,7 +13,11 @@ import pytest
 
 import reference
 from conftest import assert_close_normwise, override, shared_data
-from sdarts_jax import defaults, genotype, metrics, nb201, spaces, search, supernet
+from sdarts_jax import defaults
+from sdarts_jax.model import spaces, supernet
+from sdarts_jax.run import metrics
+from sdarts_jax.search import genotype, run_search
+from sdarts_jax.tables import nb201
 
 SPACE = spaces.get_space("nb201")
 SKIP = "|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|"
@@ -334,7 +338,7 @@ def _tiny_nb201(method, **overrides):
 def test_search_writes_the_cell_string_and_queries_the_table(tmp_path):
   config = _tiny_nb201("rs", **{"nb201.table": _synthetic_table(tmp_path / "t.csv")})
   workdir = str(tmp_path / "w")
-  record = search.train_and_evaluate(config, workdir)  # 2 steps
+  record = run_search.train_and_evaluate(config, workdir)  # 2 steps
   with open(os.path.join(workdir, "genotype.json")) as f:
     cell = json.load(f)["nb201"]
   index = nb201.all_cells().index(cell)
@@ -347,12 +351,12 @@ def test_search_writes_the_cell_string_and_queries_the_table(tmp_path):
 
 def test_table_errors_come_before_compilation(tmp_path):
   with pytest.raises(ValueError, match="config.nb201.table=/nonexistent.csv: no such file"):
-    search.train_and_evaluate(_tiny_nb201("adv", **{"nb201.table": "/nonexistent.csv"}),
-                              str(tmp_path / "a"))
+    run_search.train_and_evaluate(_tiny_nb201("adv", **{"nb201.table": "/nonexistent.csv"}),
+                                  str(tmp_path / "a"))
   small = _write_table(tmp_path / "t.csv", [(54.3, 15.6, 16.3, SKIP, "0+0+0+0")])
   with pytest.raises(ValueError, match="cells are missing"):
-    search.train_and_evaluate(_tiny_nb201("adv", **{"nb201.table": small}), str(tmp_path / "b"))
+    run_search.train_and_evaluate(_tiny_nb201("adv", **{"nb201.table": small}), str(tmp_path / "b"))
   darts = override(defaults.search_config("darts"), {"compilation_cache": ""})
   darts.nb201 = {"table": small}
   with pytest.raises(ValueError, match="only scores cells of the nb201 space"):
-    search.train_and_evaluate(darts, str(tmp_path / "c"))
+    run_search.train_and_evaluate(darts, str(tmp_path / "c"))

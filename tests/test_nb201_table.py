@@ -12,7 +12,8 @@ import zipfile
 import pytest
 
 from conftest import override, shared_data
-from sdarts_jax import defaults, nb201, nb201_table
+from sdarts_jax import defaults
+from sdarts_jax.tables import nb201, nb201_table
 
 SHARED = shared_data("nb201")
 
@@ -280,7 +281,7 @@ def test_checksum_mismatch_is_a_clear_error_with_the_override(tmp_path):
     nb201.table_for(_config(path))
   message = str(e.value)
   assert nb201.TABLE_URL in message and nb201.TABLE_SHA256 in message
-  assert "python -m sdarts_jax.nb201_table" in message
+  assert "python -m sdarts_jax.tables.nb201_table" in message
   assert "--config.nb201.table_sha256=''" in message
   for pin in ("", nb201.sha256_of(path)):  # the check passes, then the table is incomplete
     with pytest.raises(ValueError, match="cells are missing"):
@@ -323,7 +324,7 @@ def test_missing_table_names_both_ways(tmp_path):
     nb201.table_for(_config(absent))
   message = str(e.value)
   assert nb201.TABLE_URL in message and nb201.TABLE_SHA256 in message  # where, and its sum
-  assert "python -m sdarts_jax.nb201_table --source=NAS-Bench-201-v1_0-e61699.pth" in message
+  assert "python -m sdarts_jax.tables.nb201_table --source=NAS-Bench-201-v1_0-e61699.pth" in message
   assert "NATS-tss-v1_0-3ffb9-simple" in message and "docs/data.md" in message
   assert nb201.table_for(_config("")) is None  # no table: a search without queries
 
@@ -332,13 +333,13 @@ def test_a_run_made_before_the_checksum_field_resumes(tmp_path):
   """config.json of an NB201 run saved before nb201.table_sha256 existed: the run resumes
   (the field only checks the file), and so does one that changes it."""
   import json
-  from sdarts_jax import run
+  from sdarts_jax.run import lifecycle
   config = _config("t.csv", **{"compilation_cache": ""})
   saved = json.loads(config.to_json())
   del saved["nb201"]["table_sha256"]
   (tmp_path / "config.json").write_text(json.dumps(saved))
-  run.check_resume(config, str(tmp_path))
-  run.check_resume(_config("t.csv", **{"compilation_cache": "", "nb201.table_sha256": ""}),
-                   str(tmp_path))
+  lifecycle.check_resume(config, str(tmp_path))
+  lifecycle.check_resume(_config("t.csv", **{"compilation_cache": "", "nb201.table_sha256": ""}),
+                         str(tmp_path))
   with pytest.raises(ValueError, match="fields nb201.table"):
-    run.check_resume(_config("other.csv", **{"compilation_cache": ""}), str(tmp_path))
+    lifecycle.check_resume(_config("other.csv", **{"compilation_cache": ""}), str(tmp_path))

@@ -6,8 +6,8 @@ import pytest
 from jax import lax
 
 from conftest import assert_close_normwise
-from sdarts_jax import kernels, ops, spaces
-from sdarts_jax.kernels import Need
+from sdarts_jax.model import kernels, ops, spaces
+from sdarts_jax.model.kernels import Need
 
 KEY = jax.random.PRNGKey(0)
 # Two implementations of one op in float32 (convolutions and their transposes against XLA's,

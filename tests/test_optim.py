@@ -5,9 +5,9 @@ import optax
 import pytest
 
 from conftest import tiny_config
-from sdarts_jax import optim
 from sdarts_jax.defaults import from_file
 from sdarts_jax.evaluation import defaults, train
+from sdarts_jax.search import optim
 
 
 def test_alpha_optimizer_is_pytorch_adam_with_coupled_l2():

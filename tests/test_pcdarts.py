@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from conftest import final_state, override
-from sdarts_jax import genotype, metrics, ops, search, spaces, supernet
 from sdarts_jax.defaults import from_file
+from sdarts_jax.model import ops, spaces, supernet
+from sdarts_jax.run import metrics
+from sdarts_jax.search import genotype, run_search
 
 
 # Parameters of the official SDARTS PC-DARTS supernet (sota/cnn/model_search_pcdarts.py,
@@ -180,13 +182,13 @@ def test_config_has_the_official_settings():
   assert (c.weights.lr, c.weights.lr_min, c.weights.weight_decay) == (0.025, 0.001, 3e-4)
   assert (c.alpha.lr, c.alpha.weight_decay, c.data.train_portion) == (3e-4, 1e-3, 0.5)
   assert (c.data.cutout, c.data.cutout_prob, c.data.cutout_schedule) == (0, 1.0, "constant")
-  search.check_config(c)
+  run_search.check_config(c)
   rs = from_file("cifar10_pcdarts", "method=rs,space=s3,smoke")
   assert (rs.method, rs.space, rs.model.partial_k, rs.epochs) == ("rs", "s3", 4, 2)
-  search.check_config(rs)
+  run_search.check_config(rs)
   rs.model.partial_k = 3
   with pytest.raises(ValueError, match="config.model.partial_k=3 must be"):
-    search.check_config(rs)
+    run_search.check_config(rs)
 
 
 def test_smoke_search_with_edge_norm_and_cutout(tmp_path):
@@ -200,7 +202,7 @@ def test_smoke_search_with_edge_norm_and_cutout(tmp_path):
       "data.image_size": 8, "data.synthetic_examples": 32, "data.batch_size": 8,
       "data.max_examples": 0, "log_every_steps": 1, "compilation_cache": ""})
   workdir = str(tmp_path / "run")
-  search.train_and_evaluate(config, workdir)
+  run_search.train_and_evaluate(config, workdir)
   epochs = metrics.read_records(workdir, "epoch")
   # The default constant schedule, as reported (the images the step cuts are counted by
   # tests/test_data.py::test_search_step_cuts_its_images_by_the_schedule).
@@ -227,5 +229,5 @@ def test_smoke_search_with_edge_norm_and_cutout(tmp_path):
     want[cell_type], want[f"{cell_type}_concat"] = cell, [2, 3, 4, 5]
   with open(os.path.join(workdir, "genotype.json")) as f:
     assert json.load(f) == want
-  assert search.train_and_evaluate(config, workdir) == {}
+  assert run_search.train_and_evaluate(config, workdir) == {}
   assert final_state(workdir)[0] == 4

@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sdarts_jax import perturb
+from sdarts_jax.search import perturb
 
 KEY = jax.random.PRNGKey(0)
 

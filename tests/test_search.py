@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 
 from conftest import check_exact_resume, final_state, shared_data, tiny_config
-from sdarts_jax import data, genotype, metrics, run, search, spaces
+from sdarts_jax.data import pipeline
+from sdarts_jax.model import spaces
+from sdarts_jax.run import lifecycle, metrics
+from sdarts_jax.search import genotype, run_search
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 JPEG = shared_data("cifar10-jpeg")
@@ -23,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("module_compilation_cache")
 def test_search_writes_outputs_and_resumes_exactly(tmp_path, monkeypatch):
   config = tiny_config("adv")  # 4 steps per epoch, 2 epochs
   full = str(tmp_path / "full")
-  record = search.train_and_evaluate(config, full)
+  record = run_search.train_and_evaluate(config, full)
   assert record["epoch"] == 2 and 0 <= record["eval_accuracy"] <= 1
   lines = [json.loads(l) for l in open(os.path.join(full, "metrics.jsonl"))]
   epochs = [l for l in lines if l["kind"] == "epoch"]
@@ -41,21 +44,21 @@ def test_search_writes_outputs_and_resumes_exactly(tmp_path, monkeypatch):
   # final state bit for bit, and the same epoch means (the resumed epoch's cover all of its
   # steps, not only those after the resume).
   resumed = str(tmp_path / "resumed")
-  check_exact_resume(search.train_and_evaluate, config, full, resumed, monkeypatch, steps=8)
+  check_exact_resume(run_search.train_and_evaluate, config, full, resumed, monkeypatch, steps=8)
   means = lambda workdir: {r["epoch"]: {k: v for k, v in r.items() if k != "seconds"}
                            for r in metrics.read_records(workdir, "epoch")}
   assert means(resumed) == means(full)
 
   # Rerunning a finished run does nothing; a different config is refused.
-  search.train_and_evaluate(config, resumed)
+  run_search.train_and_evaluate(config, resumed)
   with pytest.raises(ValueError, match="different configuration"):
-    search.train_and_evaluate(tiny_config("adv", seed=3), resumed)
+    run_search.train_and_evaluate(tiny_config("adv", seed=3), resumed)
 
 
 def test_sigterm_sets_the_flag():
   previous = signal.getsignal(signal.SIGTERM)
   try:
-    preempted = run.on_sigterm()
+    preempted = lifecycle.on_sigterm()
     assert not preempted()
     os.kill(os.getpid(), signal.SIGTERM)
     assert preempted()
@@ -79,21 +82,21 @@ def test_bad_input_is_one_clear_error(tmp_path, overrides, message):
   if "batch_size" in str(overrides) and jax.device_count() != 4:
     pytest.skip("needs the 4 CPU devices of conftest")
   with pytest.raises(ValueError, match=message):
-    search.train_and_evaluate(tiny_config("adv", **overrides), str(tmp_path / "w"))
+    run_search.train_and_evaluate(tiny_config("adv", **overrides), str(tmp_path / "w"))
 
 
 def test_unwritable_workdir(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("")
   with pytest.raises(ValueError, match="not a writable directory"):
-    search.train_and_evaluate(tiny_config("darts"), str(blocker / "w"))
+    run_search.train_and_evaluate(tiny_config("darts"), str(blocker / "w"))
 
 
 def test_missing_tfds_dataset_says_how_to_prepare(tmp_path):
   config = tiny_config("darts", **{"data.name": "cifar10",
                                    "data.tfds_data_dir": str(tmp_path / "tfds")})
-  with pytest.raises(data.DataError, match="tfds build cifar10"):
-    search.train_and_evaluate(config, str(tmp_path / "w"))
+  with pytest.raises(pipeline.DataError, match="tfds build cifar10"):
+    run_search.train_and_evaluate(config, str(tmp_path / "w"))
 
 
 def test_cli_reports_errors_in_one_line(tmp_path):
@@ -111,7 +114,7 @@ def test_cli_reports_errors_in_one_line(tmp_path):
 def test_real_step_on_shared_jpeg_folder(tmp_path):
   config = tiny_config("adv", **{"data.folder": str(JPEG), "data.max_examples": 32,
                                  "epochs": 1})
-  record = search.train_and_evaluate(config, str(tmp_path))
+  record = run_search.train_and_evaluate(config, str(tmp_path))
   assert record["epoch"] == 1 and np.isfinite(record["train_loss"])
   assert 0 <= record["eval_accuracy"] <= 1
   assert os.path.exists(tmp_path / "genotype.json")
@@ -122,7 +125,7 @@ def test_hessian_tracking_and_early_stop(tmp_path):
       "hessian.every_epochs": 1, "hessian.trace_samples": 4, "hessian.lanczos_iters": 10,
       "hessian.early_stop": True, "hessian.start_epoch": 0, "hessian.window": 1,
       "hessian.lag": 1, "hessian.factor": 0.0})  # fires at the second measurement
-  search.train_and_evaluate(config, str(tmp_path))
+  run_search.train_and_evaluate(config, str(tmp_path))
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   hess = [l for l in lines if l["kind"] == "hessian"]
   assert [h["epoch"] for h in hess] == [1, 2]
@@ -131,4 +134,4 @@ def test_hessian_tracking_and_early_stop(tmp_path):
   assert stop and stop[0]["epoch"] == 2 and stop[0]["genotype_epoch"] == 1
   with open(tmp_path / "genotype.json") as a, open(tmp_path / "genotypes/epoch_001.json") as b:
     assert json.load(a) == json.load(b)
-  assert search.train_and_evaluate(config, str(tmp_path)) == {}  # finished: nothing to do
+  assert run_search.train_and_evaluate(config, str(tmp_path)) == {}  # finished: nothing to do

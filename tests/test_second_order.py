@@ -1,4 +1,4 @@
-"""DARTS's second-order alpha step (config.alpha.order = 2, `sdarts_jax.unrolled`): the exact
+"""DARTS's second-order alpha step (config.alpha.order = 2, `sdarts_jax.search.unrolled`): the exact
 hypergradient against jax.grad straight through the virtual SGD step (float64), the
 reference's central difference converging to it, and the compiled scan step against the
 same update written out plainly. The independent reference, the official code's second-order
@@ -20,10 +20,11 @@ import optax
 import pytest
 
 from conftest import override, tiny_config
-from sdarts_jax import (data, losses, ops, optim, scan_step, search, spaces, step, supernet,
-                        unrolled)
+from sdarts_jax.data import pipeline
 from sdarts_jax.defaults import from_file
-from sdarts_jax.kernels import Need
+from sdarts_jax.model import losses, ops, spaces, supernet
+from sdarts_jax.model.kernels import Need
+from sdarts_jax.search import optim, run_search, scan_step, step, unrolled
 
 SPE = 4  # steps per epoch used by the schedules
 EDGES = (("skip_connect", "sep_conv_3x3"),) + (("none", "skip_connect"),) * 13
@@ -38,15 +39,15 @@ def setup(channels=8):
   buffer is non-zero (as after some weight steps) so that the unrolled weights use it, and
   preprocess only normalises (the augmentation is not what these tests check)."""
   config = tiny_config("darts2", **{"model.channels": channels})
-  source = data.load(config.data, "train")
-  batches = data.SearchBatches(source, 0.5, config.data.batch_size, config.seed)
+  source = pipeline.load(config.data, "train")
+  batches = pipeline.SearchBatches(source, 0.5, config.data.batch_size, config.seed)
   m = config.model
   model = supernet.Supernet(SPACE, source.num_classes, m.channels, m.layers,
                             m.stem_multiplier, "fused", m.bn_momentum)
-  state = jax.jit(lambda: search.init_state(model, config, source.images.shape[1:], SPE))()
+  state = jax.jit(lambda: run_search.init_state(model, config, source.images.shape[1:], SPE))()
   buf = jax.tree.map(lambda w: 0.5 * w, state["params"])
   state = dict(state, w_opt=optax.tree_utils.tree_set(state["w_opt"], trace=buf))
-  preprocess = lambda key, images: data.preprocess(key, images, source.mean, source.std, False)
+  preprocess = lambda key, images: pipeline.preprocess(key, images, source.mean, source.std, False)
   return config, model, state, batches, preprocess
 
 
@@ -231,7 +232,7 @@ def test_configs_name_the_second_order():
   smoke = from_file("cifar10_darts2", "smoke")
   assert (smoke.method, smoke.alpha.order, smoke.alpha.hvp, smoke.epochs) == (
       "darts", 2, "exact", 2)
-  search.check_config(smoke)
+  run_search.check_config(smoke)
   assert from_file("cifar10_adv", "order=2,smoke").alpha.order == 2
   assert from_file("cifar10_adv", "").alpha.order == 1
   nb201 = from_file("nb201_search", "method=darts2,smoke")
@@ -245,6 +246,6 @@ def test_configs_name_the_second_order():
     bad = from_file("cifar10_darts2", "smoke")
     bad.alpha[field] = value
     with pytest.raises(ValueError, match=re.escape(message)):
-      search.check_config(bad)
+      run_search.check_config(bad)
   with pytest.raises(ValueError, match="order=1 or order=2"):
     from_file("cifar10_rs", "order=3")

@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 
 from conftest import assert_close_normwise, tiny_search
-from sdarts_jax import data, genotype, losses, parallel, perturb, scan_step, step, supernet
+from sdarts_jax.data import pipeline
+from sdarts_jax.model import losses, supernet
+from sdarts_jax.run import parallel
+from sdarts_jax.search import genotype, perturb, scan_step, step
 
 SPE = 4  # steps per epoch used by the schedules
 
@@ -138,7 +141,7 @@ def test_one_and_four_devices_agree():
                  out_shardings=(rep, rep))
     s = jax.device_put(state, rep)
     for i in range(3):
-      s, _ = fn(s, data.to_global(batches.batch(0, i), shard))
+      s, _ = fn(s, pipeline.to_global(batches.batch(0, i), shard))
     results.append(jax.device_get(s))
   # Per leaf, normwise, as in test_step_equals_plain_reference (atol=1e-5 made the leaves
   # below 1e-5 vacuous): batch sums split over 4 devices, 3 steps; observed 4.3e-6 of the

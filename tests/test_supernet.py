@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from sdarts_jax import spaces, supernet
+from sdarts_jax.model import spaces, supernet
 
 
 def _A(space, key=None):

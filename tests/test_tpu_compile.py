@@ -74,7 +74,9 @@ def compiled_smoke_adv():
   """{name: (verdict, compiled)} of the smoke-size SDARTS-ADV search step (3 cells, C=4,
   global batch 32) and the Hessian's Lanczos loop of HVPs, compiled for v5e:2x2 as
   `tpu_check.check` does."""
-  from sdarts_jax import defaults, ops, parallel
+  from sdarts_jax import defaults
+  from sdarts_jax.model import ops
+  from sdarts_jax.run import parallel
   config = defaults.apply_search_args(defaults.search_config("adv"), "smoke")
   config.data.batch_size = 32
   config.hessian.lanczos_iters = 4

@@ -8,8 +8,9 @@ import types
 import numpy as np
 import pytest
 
-from sdarts_jax import nb201, spaces
 from sdarts_jax.analysis import plots, trajectory
+from sdarts_jax.model import spaces
+from sdarts_jax.tables import nb201
 
 MIXED = "|nor_conv_3x3~0|+|nor_conv_3x3~0|skip_connect~1|+|skip_connect~0|none~1|nor_conv_1x1~2|"
 CONV = ("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+"

@@ -6,7 +6,7 @@ The fixtures in tests/golden/ were made from the official commit d3dbfed (2021-0
 PyTorch 2.13.0 (CPU) and jax 0.10.2; see README.md, "Golden tests".
 
 Runs under a Python with PyTorch (CPU is enough), numpy and jax (the JAX step's random
-draws are computed here with `sdarts_jax.perturb`, imported from this checkout, and fed to
+draws are computed here with `sdarts_jax.search.perturb`, imported from this checkout, and fed to
 the official code). --ref is the root of the official checkout (the folder holding sota/,
 optimizers/ and attacker/); its code is imported from there, never copied.
 
@@ -181,10 +181,10 @@ def import_official(ref: str):
 def jax_uniform_noise(step: int, num_ops: int, eps: float) -> list[np.ndarray]:
   """The U(-eps, eps) noise the JAX step draws at `step` (RS noise, PGD random start):
   key = fold_in(PRNGKey(seed), step), split in 4, the third for the perturbation, as
-  `sdarts_jax.scan_step.make_step` does; then `perturb.uniform_noise`. [normal, reduce]."""
+  `sdarts_jax.search.scan_step.make_step` does; then `perturb.uniform_noise`. [normal, reduce]."""
   import jax
   import jax.numpy as jnp
-  from sdarts_jax import perturb
+  from sdarts_jax.search import perturb
 
   key = jax.random.fold_in(jax.random.PRNGKey(SEED), step)
   k_perturb = jax.random.split(key, 4)[2]

@@ -26,8 +26,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 from matplotlib.path import Path
 
-from sdarts_jax import genotype as genotype_lib
-from sdarts_jax import metrics, nb201, run, spaces
+from sdarts_jax.model import spaces
+from sdarts_jax.run import lifecycle, metrics
+from sdarts_jax.search import genotype as genotype_lib
+from sdarts_jax.tables import nb201
 
 DARTS_INPUTS, DARTS_OUTPUT = ("c_{k-2}", "c_{k-1}"), "c_{k}"
 CELL_TITLES = {"normal": "normal cell", "reduce": "reduction cell"}
@@ -353,7 +355,7 @@ def command(args: list[str], out: str) -> dict[str, list[Edge]]:
 
 
 def main(argv):
-  run.as_command(command, argv[1:], flags.FLAGS.out)
+  lifecycle.as_command(command, argv[1:], flags.FLAGS.out)
 
 
 def define_flags() -> None:

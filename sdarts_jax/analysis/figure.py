@@ -43,7 +43,7 @@ def define_trajectory_flags() -> None:
 
 def write_json_beside(out: str, payload: dict) -> str:
   """payload as JSON beside the figure `out` (the same name, .json); returns its path."""
-  from sdarts_jax import metrics
+  from sdarts_jax.run import metrics
   path = os.path.splitext(out)[0] + ".json"
   metrics.write_json(path, payload)
   return path
@@ -65,14 +65,15 @@ def run_searches(configs: dict, parent: str, command: str) -> dict[str, str]:
   """Run one search per method, one after another, each in parent/<method>: started, resumed
   from its last checkpoint, or (when finished) reused as it is. configs: method -> search
   config. Returns method -> workdir. A preemption (SIGTERM) exits naming `command` (a module)
-  to rerun; a configuration another run left in a workdir is refused (`run.check_resume`)."""
-  from sdarts_jax import run, search
+  to rerun; a configuration another run left in a workdir is refused (`lifecycle.check_resume`)."""
+  from sdarts_jax.run import lifecycle
+  from sdarts_jax.search import run_search
   workdirs = {}
   for method, config in configs.items():
     workdir = os.path.join(parent, method)
     try:
-      search.train_and_evaluate(config, workdir)
-    except run.Preempted as e:
+      run_search.train_and_evaluate(config, workdir)
+    except lifecycle.Preempted as e:
       sys.exit(f"{e} (python -m {command} with the same flags)")
     workdirs[method] = workdir
   return workdirs
@@ -82,7 +83,7 @@ def searches(f, config_for, command: str) -> dict[str, str]:
   """method -> workdir for the methods of --methods: `run_searches` of config_for(method, f)
   with --run, else the workdirs already under --workdir (a method without one is left out
   with a warning; ValueError when none is there)."""
-  from sdarts_jax import metrics
+  from sdarts_jax.run import metrics
   methods = f.methods.split(",")
   if f.run:
     return run_searches({m: config_for(m, f) for m in methods}, f.workdir, command)
@@ -97,7 +98,7 @@ def searches(f, config_for, command: str) -> dict[str, str]:
 def describe(workdir: str, model: str) -> str:
   """The size of a run, from its config.json, for a figure's title; model: the part naming
   the model's size (config.model's fields may be named in braces, e.g. "{layers} cells")."""
-  from sdarts_jax import metrics
+  from sdarts_jax.run import metrics
   c = metrics.read_json(os.path.join(workdir, "config.json"))
   images = c["data"]["max_examples"] or "all"
   return (f"C={c['model']['channels']}, {model.format(**c['model'])}, batch "
@@ -117,9 +118,9 @@ def config_for(method: str):
 
 def main(argv):
   del argv
-  from sdarts_jax import metrics, run
   from sdarts_jax.analysis import plots
-  run.quiet_libraries()
+  from sdarts_jax.run import lifecycle, metrics
+  lifecycle.quiet_libraries()
   f = flags.FLAGS
   configs = {method: config_for(method) for method in f.methods.split(",")}
   series = {}

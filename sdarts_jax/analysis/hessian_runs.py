@@ -20,7 +20,7 @@ from absl import app, flags
 
 
 def measure_run(run, options, f) -> list[dict]:
-  from sdarts_jax import hessian
+  from sdarts_jax.search import hessian
   fn = hessian.Measure(run.model, options, f.top_k, f.lanczos_iters, f.trace_samples)
   if not fn.host:
     fn = jax.jit(fn)
@@ -39,8 +39,10 @@ def measure_run(run, options, f) -> list[dict]:
 
 def main(argv):
   del argv
-  from sdarts_jax import hessian, metrics, run as run_lib, spaces
   from sdarts_jax.analysis import plots, runs
+  from sdarts_jax.model import spaces
+  from sdarts_jax.run import lifecycle as run_lib, metrics
+  from sdarts_jax.search import hessian
   run_lib.quiet_libraries()
   f = flags.FLAGS
   if not f.workdirs:

@@ -20,8 +20,8 @@ import os
 
 from absl import app, flags
 
-from sdarts_jax import metrics
 from sdarts_jax.analysis import figure, plots, trajectory
+from sdarts_jax.run import metrics
 
 SPACES = ("ss1", "ss2", "ss3")
 
@@ -128,9 +128,9 @@ def config_for(method: str, f):
 
 def main(argv):
   del argv
-  from sdarts_jax import run
-  run.quiet_libraries()
-  run.as_command(_main, flags.FLAGS)
+  from sdarts_jax.run import lifecycle
+  lifecycle.quiet_libraries()
+  lifecycle.as_command(_main, flags.FLAGS)
 
 
 def _main(f) -> None:

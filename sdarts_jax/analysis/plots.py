@@ -10,7 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sdarts_jax import metrics, nb101, spaces  # noqa: E402
+from sdarts_jax.model import nb101_cell, spaces  # noqa: E402
+from sdarts_jax.run import metrics  # noqa: E402
 
 
 def run_label(workdir: str) -> str:
@@ -88,7 +89,7 @@ def _heatmap_labels(space, name: str, shape: tuple[int, int]) -> tuple[list[str]
   array `name` of A."""
   if isinstance(space, spaces.OneShot1Space):
     if name == "mixed_op":
-      return list(nb101.OPS), [f"node {v + 1}" for v in range(shape[0])]
+      return list(nb101_cell.OPS), [f"node {v + 1}" for v in range(shape[0])]
     return [f"{'input' if k == 0 else f'node {k}'}" for k in range(shape[1])], [name]
   ops = space.ops(name)
   cols = list(ops[0]) if len(set(ops)) == 1 else [f"op {k}" for k in range(shape[1])]

@@ -8,7 +8,9 @@ import os
 import jax
 import ml_collections
 
-from sdarts_jax import checkpoint, data, metrics, search
+from sdarts_jax.data import pipeline
+from sdarts_jax.run import checkpoint, metrics
+from sdarts_jax.search import run_search
 
 
 @dataclasses.dataclass
@@ -16,7 +18,7 @@ class Run:
   workdir: str
   config: ml_collections.ConfigDict
   model: object
-  alpha_source: data.Source    # the alpha half of the training split
+  alpha_source: pipeline.Source    # the alpha half of the training split
   steps_per_epoch: int
   checkpoints: checkpoint.Checkpointer
 
@@ -36,7 +38,7 @@ class Run:
       raise ValueError(f"{count} batches of {b} exceed the {len(self.alpha_source.labels)} "
                        f"alpha images of {self.workdir}")
     src = self.alpha_source
-    images = data.preprocess(None, src.images[:n], src.mean, src.std, False)
+    images = pipeline.preprocess(None, src.images[:n], src.mean, src.std, False)
     return images.reshape((count, b) + src.images.shape[1:]), src.labels[:n].reshape(count, b)
 
 
@@ -46,8 +48,8 @@ def open_run(workdir: str) -> Run:
   if not os.path.exists(path):
     raise ValueError(f"{workdir} has no config.json: not a search workdir")
   config = ml_collections.ConfigDict(metrics.read_json(path))
-  _, batches, alpha_source = search.search_data(config)
-  model = search.build_model(config, alpha_source.num_classes)
+  _, batches, alpha_source = run_search.search_data(config)
+  model = run_search.build_model(config, alpha_source.num_classes)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), 0)
   if not ckpt.all_steps():
     raise ValueError(f"{workdir} has no checkpoints yet")
@@ -55,5 +57,5 @@ def open_run(workdir: str) -> Run:
 
 
 def mixing_weights(state: dict) -> dict:
-  from sdarts_jax import supernet
+  from sdarts_jax.model import supernet
   return jax.device_get(supernet.mixing_weights(state["alpha"]))

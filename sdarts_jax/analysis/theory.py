@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from jax import lax
 
-from sdarts_jax import hessian
+from sdarts_jax.search import hessian
 
 
 def uniform_gain(loss: Callable, a: jax.Array, eps: float, key: jax.Array, pairs: int):
@@ -134,8 +134,8 @@ def plot(rows: list[dict], title: str, out: str) -> None:
 
 def main(argv):
   del argv
-  from sdarts_jax import run as run_lib
   from sdarts_jax.analysis import plots, runs
+  from sdarts_jax.run import lifecycle as run_lib
   run_lib.quiet_libraries()
   f = flags.FLAGS
   try:

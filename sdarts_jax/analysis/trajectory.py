@@ -23,8 +23,10 @@ import os
 from absl import app, flags
 import numpy as np
 
-from sdarts_jax import metrics, nb201, spaces
 from sdarts_jax.analysis import figure, plots
+from sdarts_jax.model import spaces
+from sdarts_jax.run import metrics
+from sdarts_jax.tables import nb201
 
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet16": "ImageNet16-120"}
 # One character per op for the compact cell code of the tables ("ssssss": all skip_connect).
@@ -171,9 +173,9 @@ def config_for(method: str, f):
 
 def main(argv):
   del argv
-  from sdarts_jax import run
-  run.quiet_libraries()
-  run.as_command(_main, flags.FLAGS)
+  from sdarts_jax.run import lifecycle
+  lifecycle.quiet_libraries()
+  lifecycle.as_command(_main, flags.FLAGS)
 
 
 def _main(f) -> None:

@@ -17,7 +17,7 @@ IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 def data_config(name: str, batch_size: int) -> ml_collections.ConfigDict:
-  """The search's data fields (`sdarts_jax.data`, cutout among them) without its split."""
+  """The search's data fields (`sdarts_jax.data.pipeline`, cutout among them) without its split."""
   d = search_defaults.data_config()
   del d["train_portion"]
   d.name = name

@@ -3,7 +3,7 @@ inside the compiled step.
 
 Two sources share one interface (`train_epoch`, `eval_batches`, `preprocess`):
   * `InMemoryInput`: CIFAR-10/100, SVHN, image folders and synthetic images, whole splits
-    in host memory (`sdarts_jax.data`); every process holds the global batch and places
+    in host memory (`sdarts_jax.data.pipeline`); every process holds the global batch and places
     its shards. Augmentation (pad-4 crop, flip, cutout) runs on the device.
   * `StreamedInput`: TFDS `imagenet2012` (array_record, prepared by hand), far too big for
     memory, read with grain: each process decodes only its own part of every global batch
@@ -24,8 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 import PIL.Image
 
-from sdarts_jax import data, parallel
+from sdarts_jax.data import pipeline
 from sdarts_jax.evaluation import defaults
+from sdarts_jax.run import parallel
 
 Batch = dict[str, jax.Array]  # {"image": [B, H, W, 3] uint8, "label": [B] int32, ...}
 
@@ -40,7 +41,7 @@ def make_input(cfg, seed: int, mesh) -> "InMemoryInput | StreamedInput":
 # ---------------------------------------------------------------- in memory
 
 class InMemoryInput:
-  """Train and test splits of `sdarts_jax.data.load` in host memory.
+  """Train and test splits of `sdarts_jax.data.pipeline.load` in host memory.
 
   Attributes:
     steps_per_epoch, num_classes, image_shape (H, W, 3).
@@ -48,9 +49,9 @@ class InMemoryInput:
 
   def __init__(self, cfg, seed: int, mesh):
     self.cfg = cfg
-    self.train = data.load(cfg, "train")
-    self.test = data.load(cfg, "test")
-    self.batches = data.TrainBatches(self.train, cfg.batch_size, seed)
+    self.train = pipeline.load(cfg, "train")
+    self.test = pipeline.load(cfg, "test")
+    self.batches = pipeline.TrainBatches(self.train, cfg.batch_size, seed)
     self.sharding = parallel.batch_sharded(mesh)
     self.steps_per_epoch = self.batches.steps_per_epoch
     self.num_classes = self.train.num_classes
@@ -59,17 +60,17 @@ class InMemoryInput:
   def train_epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
     """Batches start, start + 1, ... of `epoch`, on the mesh."""
     for index in range(start, self.steps_per_epoch):
-      yield data.to_global(self.batches.batch(epoch, index), self.sharding)
+      yield pipeline.to_global(self.batches.batch(epoch, index), self.sharding)
 
   def eval_batches(self) -> Iterator[Batch]:
     """The test split once, with "valid" [B] bool marking the real rows."""
-    for batch in data.eval_batches(self.test, self.cfg.batch_size):
-      yield data.to_global(batch, self.sharding)
+    for batch in pipeline.eval_batches(self.test, self.cfg.batch_size):
+      yield pipeline.to_global(batch, self.sharding)
 
   def preprocess(self, key, images: jax.Array, train: bool) -> jax.Array:
     """uint8 [N, H, W, 3] -> normalised float32; crop, flip and cutout in training."""
-    return data.preprocess(key, images, self.train.mean, self.train.std,
-                           train and self.cfg.augment, self.cfg.crop_padding, self.cfg.cutout)
+    return pipeline.preprocess(key, images, self.train.mean, self.train.std,
+                               train and self.cfg.augment, self.cfg.crop_padding, self.cfg.cutout)
 
 
 # ---------------------------------------------------------------- streamed (ImageNet)
@@ -85,9 +86,9 @@ def imagenet_prepare_help(data_dir: str) -> str:
 
 
 def _records(cfg, split: str):
-  """The TFDS array_record data source of imagenet2012 `split` (`data.open_tfds`)."""
-  return data.open_tfds(cfg.name, split, cfg.tfds_data_dir,
-                        imagenet_prepare_help(cfg.tfds_data_dir))
+  """The TFDS array_record data source of imagenet2012 `split` (`pipeline.open_tfds`)."""
+  return pipeline.open_tfds(cfg.name, split, cfg.tfds_data_dir,
+                            imagenet_prepare_help(cfg.tfds_data_dir))
 
 
 class StreamedInput:
@@ -109,8 +110,8 @@ class StreamedInput:
     self.num_test = _limit(len(self.test_records), cfg.max_examples)
     self.steps_per_epoch = self.num_train // cfg.batch_size
     if self.steps_per_epoch == 0:
-      raise data.DataError(f"config.data.batch_size = {cfg.batch_size} exceeds the "
-                           f"{self.num_train} training examples; lower it.")
+      raise pipeline.DataError(f"config.data.batch_size = {cfg.batch_size} exceeds the "
+                               f"{self.num_train} training examples; lower it.")
     self.num_classes = self.train_records.dataset_info.features["label"].num_classes
     self.image_shape = (cfg.image_size, cfg.image_size, 3)
 
@@ -133,8 +134,8 @@ class StreamedInput:
             for k, v in batch.items()}
 
   def train_epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
-    rows = data.epoch_rows(np.arange(self.num_train), self.cfg.batch_size,
-                           [self.seed, epoch])[start:]
+    rows = pipeline.epoch_rows(np.arange(self.num_train), self.cfg.batch_size,
+                               [self.seed, epoch])[start:]
     load = functools.partial(_train_example, self.train_records, self.cfg.image_size,
                              self.cfg.min_area, self.seed, epoch)
     for batch in self._stream(self._local(rows), load):

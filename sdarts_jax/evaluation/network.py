@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sdarts_jax import ops, spaces
+from sdarts_jax.model import ops, spaces
 
 AUX_HIDDEN = 128   # the auxiliary head's 1x1 convolution
 AUX_FEATURES = 768  # its 2x2 convolution
@@ -45,7 +45,7 @@ class CellSpec:
 
 
 def cell_specs(genotype) -> dict[str, CellSpec]:
-  """{"normal": CellSpec, "reduce": CellSpec} of a genotype (see `sdarts_jax.genotype`)."""
+  """{"normal": CellSpec, "reduce": CellSpec} of a genotype (see `sdarts_jax.search.genotype`)."""
   return {t: CellSpec(tuple((op, int(src)) for op, src in genotype[t]),
                       tuple(int(i) for i in genotype[f"{t}_concat"]))
           for t in spaces.CELL_TYPES}
@@ -224,7 +224,7 @@ class Network(nn.Module):
 
 def build(genotype, num_classes: int, channels: int, layers: int, stem: str,
           auxiliary: bool, impl: str, bn_momentum: float = 0.9) -> Network:
-  """A Network for a genotype dict (`sdarts_jax.genotype.resolve`)."""
+  """A Network for a genotype dict (`sdarts_jax.search.genotype.resolve`)."""
   specs = cell_specs(genotype)
   return Network(specs["normal"], specs["reduce"], num_classes, channels, layers, stem,
                  auxiliary, impl=impl, bn_momentum=bn_momentum)

@@ -19,8 +19,8 @@ import jax.numpy as jnp
 from absl import app, flags
 from jax import extend
 
-from sdarts_jax import genotype as genotype_lib
 from sdarts_jax.evaluation import network
+from sdarts_jax.search import genotype as genotype_lib
 
 # name -> (channels, layers, stem, image size, classes): the paper settings.
 SETTINGS = {

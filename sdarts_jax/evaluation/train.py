@@ -3,7 +3,7 @@
 `train_and_evaluate(config, workdir)` trains the network of `config.arch` and is what
 `main.py` calls for `config.mode == "train"`. It has the search's shape (checks, mesh,
 input, model and state, compiled functions, checkpoint) and runs the search's loop
-(`sdarts_jax.loop`) with its own step, batches and end-of-epoch evaluation.
+(`sdarts_jax.run.loop`) with its own step, batches and end-of-epoch evaluation.
 """
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sdarts_jax import checkpoint, genotype, loop, losses, metrics, ops, optim, parallel, run
 from sdarts_jax.evaluation import input_pipeline, network
+from sdarts_jax.model import losses, ops
+from sdarts_jax.run import checkpoint, lifecycle, loop, metrics, parallel
+from sdarts_jax.search import genotype, optim
 
 
 # ---------------------------------------------------------------- checks
@@ -135,7 +137,7 @@ def make_infer(model: network.Network, preprocess, seed: int):
 def train_and_evaluate(config, workdir: str) -> dict:
   """Train (or resume) the network of config.arch; returns the last epoch's record."""
   check_config(config)
-  run.start(config, workdir)
+  lifecycle.start(config, workdir)
 
   # Mesh.
   mesh, replicated, sharded = parallel.data_parallel(config.data.batch_size)
@@ -158,15 +160,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # Checkpoint.
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoints_to_keep)
-  state, meta = run.restore_or_init(ckpt, init, replicated, workdir)
+  state, meta = lifecycle.restore_or_init(ckpt, init, replicated, workdir)
 
   # The loop.
   writer = metrics.MetricWriter(workdir)
   if int(state["step"]) == 0:
-    run.log(f"train: {config.arch} on {config.data.folder or config.data.name} ({spe} steps/epoch, "
-            f"{config.epochs} epochs), {config.model.layers} cells, C={config.model.channels}, "
-            f"{num_params:,} parameters without the auxiliary head, batch "
-            f"{config.data.batch_size}, {mesh.devices.size} device(s); compiling the step...")
+    lifecycle.log(f"train: {config.arch} on {config.data.folder or config.data.name} "
+                  f"({spe} steps/epoch, {config.epochs} epochs), {config.model.layers} cells, "
+                  f"C={config.model.channels}, {num_params:,} parameters without the auxiliary "
+                  f"head, batch {config.data.batch_size}, {mesh.devices.size} device(s); "
+                  f"compiling the step...")
   task = training_task(config, inputs, train_step, infer, writer, num_params)
   return loop.Loop(config, ckpt, writer, workdir).run(state, meta, task)
 
@@ -191,7 +194,7 @@ def training_task(config, inputs, train_step, infer, writer: metrics.MetricWrite
                     test_top5_accuracy=totals["top5"] / n)
     writer.write("epoch", done, record)
     shown = {k: round(v, 4) for k, v in record.items() if isinstance(v, float)}
-    run.log(f"\nepoch {epoch + 1}/{config.epochs}: {shown}")
+    lifecycle.log(f"\nepoch {epoch + 1}/{config.epochs}: {shown}")
     return record, False
 
   def batches_from(start):

@@ -19,14 +19,14 @@ reductions are fixed ResNet blocks, so it searches one cell type, the normal cel
 mixing weights are A = {"normal": [6, 5]}, shared by every cell.
 
 The NAS-Bench-1Shot1 spaces (`1shot1_ss1`, `1shot1_ss2`, `1shot1_ss3`) are NAS-Bench-101
-cells, not edge lists: `OneShot1Space` names one of `nb101.SPACES`, whose alpha is a dict
-of several arrays (`nb101.alpha_shapes`).
+cells, not edge lists: `OneShot1Space` names one of `nb101_cell.SPACES`, whose alpha is a dict
+of several arrays (`nb101_cell.alpha_shapes`).
 """
 from __future__ import annotations
 
 import dataclasses
 
-from sdarts_jax import nb101
+from sdarts_jax.model import nb101_cell
 
 NUM_NODES = 4
 CELL_TYPES = ("normal", "reduce")
@@ -69,7 +69,7 @@ NB201_CELL = Topology("nb201", 1, 3, ("normal",))
 
 NUM_EDGES = len(edge_endpoints())
 
-# Every op a DARTS-family supernet can place on an edge (see `sdarts_jax.ops`).
+# Every op a DARTS-family supernet can place on an edge (see `sdarts_jax.model.ops`).
 OPS = (
     "none",
     "noise",
@@ -144,14 +144,14 @@ class OneShot1Space:
 
   Attributes:
     name: `config.space`, "1shot1_" + the cell space's name.
-    cell: the `nb101.Space` (parents per node; the ops are `nb101.OPS` at every node).
+    cell: the `nb101_cell.Space` (parents per node; the ops are `nb101_cell.OPS` at every node).
   """
   name: str
-  cell: nb101.Space
+  cell: nb101_cell.Space
 
   def alpha_shapes(self) -> dict[str, tuple[int, int]]:
-    """The shape of every array of alpha, by key (`nb101.alpha_shapes`)."""
-    return nb101.alpha_shapes(self.cell)
+    """The shape of every array of alpha, by key (`nb101_cell.alpha_shapes`)."""
+    return nb101_cell.alpha_shapes(self.cell)
 
 
 def edge_norm_key(cell_type: str, node: int) -> str:
@@ -198,17 +198,18 @@ SPACES: dict[str, SearchSpace] = {
     "s4": _uniform("s4", ("noise", "sep_conv_3x3")),
 }
 
-# Benchmark spaces with their own cell topology and network (`sdarts_jax.search.build_model`).
+# Benchmark spaces with their own cell topology and network
+# (`sdarts_jax.search.run_search.build_model`).
 BENCHMARK_SPACES: dict[str, SearchSpace | OneShot1Space] = {
     "nb201": SearchSpace("nb201", (NB201_OPS,) * NB201_CELL.num_edges, topology=NB201_CELL),
     **{f"1shot1_{name}": OneShot1Space(f"1shot1_{name}", cell)
-       for name, cell in nb101.SPACES.items()},
+       for name, cell in nb101_cell.SPACES.items()},
 }
 
 
 def validate(space: SearchSpace | OneShot1Space) -> None:
   """Raises ValueError unless `space` is one its topology's supernet can build (a
-  `OneShot1Space` always is: its cells are `nb101.SPACES`)."""
+  `OneShot1Space` always is: its cells are `nb101_cell.SPACES`)."""
   if isinstance(space, OneShot1Space):
     return
   for cell_type in space.cell_types:

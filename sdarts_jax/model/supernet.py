@@ -4,7 +4,7 @@
 A = {"normal": [14, K], "reduce": [14, K]} to logits [N, classes]; `NB201Supernet`, the
 NAS-Bench-201 search network, does the same with A = {"normal": [6, 5]}, and
 `OneShot1Supernet`, the NAS-Bench-1Shot1 one-shot model, with A = {"mixed_op": [N, 3],
-"output": [1, N + 1], "inputs_v": [1, v], ...} (`nb101.alpha_shapes`). The architecture is
+"output": [1, N + 1], "inputs_v": [1, v], ...} (`nb101_cell.alpha_shapes`). The architecture is
 never a module parameter: alpha lives in the search state and A = softmax(alpha) (or a
 perturbed version of it) is passed in on every call.
 
@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sdarts_jax import kernels, nb101, ops, spaces
-from sdarts_jax.kernels import Need
+from sdarts_jax.model import kernels, nb101_cell, ops, spaces
+from sdarts_jax.model.kernels import Need
 
 
 def mixing_weights(alpha):
@@ -352,17 +352,17 @@ class OneShot1Cell(nn.Module):
   Vertex 0 is the cell input x; node v = 1 .. N is a choice block: the sum of its candidate
   parents weighted by A["inputs_v"] (vertex 0 enters through the node's own 1x1
   projection of x; a node that does not choose its parents sums them unweighted), then
-  sum_k A["mixed_op"][v - 1, k] * op_k of it, op_k in `nb101.OPS` order (maxpool3x3 without
+  sum_k A["mixed_op"][v - 1, k] * op_k of it, op_k in `nb101_cell.OPS` order (maxpool3x3 without
   BatchNorm, conv3x3-bn-relu, conv1x1-bn-relu). The output is
   A["output"][0, 0] * proj_out(x) + concat_v(A["output"][0, v] * node_v), proj_out a 1x1
   conv-bn-relu to N * C channels. The N + 1 projections of x are one 1x1 convolution
   (parameter "proj" [C_in, 2 N C], node v's columns (v - 1) C .. v C, the output's the last
   N C) with one BatchNorm; the parameter count is the reference's.
 
-  Call: x [N, H, W, C_in], A (the alpha pytree of `nb101.alpha_shapes(space)`) ->
+  Call: x [N, H, W, C_in], A (the alpha pytree of `nb101_cell.alpha_shapes(space)`) ->
   [N, H, W, N * C].
   """
-  space: nb101.Space
+  space: nb101_cell.Space
   channels: int
   impl: str
   bn_momentum: float
@@ -374,16 +374,16 @@ class OneShot1Cell(nn.Module):
     states = []
     for v in range(1, n + 1):
       candidates = [proj[..., (v - 1) * c:v * c]] + states
-      key = nb101.input_key(v)
+      key = nb101_cell.input_key(v)
       weights = A[key][0] if key in A else jnp.ones(v, x.dtype)
       node_in = sum(w * s for w, s in zip(weights, candidates))
       w_op = A["mixed_op"][v - 1]
-      outs = {nb101.MAXPOOL3X3: ops.max_pool_3x3(node_in, 1),
-              nb101.CONV3X3: ConvBNReLU(c, 3, self.impl, self.bn_momentum,
-                                        name=f"node_{v}_conv3x3")(node_in, train, need),
-              nb101.CONV1X1: ConvBNReLU(c, 1, self.impl, self.bn_momentum,
-                                        name=f"node_{v}_conv1x1")(node_in, train, need)}
-      states.append(sum(w_op[k] * outs[op] for k, op in enumerate(nb101.OPS)))
+      outs = {nb101_cell.MAXPOOL3X3: ops.max_pool_3x3(node_in, 1),
+              nb101_cell.CONV3X3: ConvBNReLU(c, 3, self.impl, self.bn_momentum,
+                                             name=f"node_{v}_conv3x3")(node_in, train, need),
+              nb101_cell.CONV1X1: ConvBNReLU(c, 1, self.impl, self.bn_momentum,
+                                             name=f"node_{v}_conv1x1")(node_in, train, need)}
+      states.append(sum(w_op[k] * outs[op] for k, op in enumerate(nb101_cell.OPS)))
     w_out = A["output"][0]
     return w_out[0] * proj[..., n * c:] + jnp.concatenate(
         [w_out[v] * s for v, s in enumerate(states, start=1)], axis=-1)
@@ -398,7 +398,7 @@ class OneShot1Supernet(nn.Module):
   global pool, dense. Every cell shares A.
 
   `apply(variables, x, A, train, need)` as `Supernet`, with A the pytree of
-  `nb101.alpha_shapes(space.cell)`: {"mixed_op": [N, 3], "output": [1, N + 1],
+  `nb101_cell.alpha_shapes(space.cell)`: {"mixed_op": [N, 3], "output": [1, N + 1],
   "inputs_v": [1, v] ...}, each row on the simplex.
 
   Attributes:
@@ -425,7 +425,7 @@ class OneShot1Supernet(nn.Module):
     return self.layers
 
   def alpha_shapes(self) -> dict[str, tuple[int, int]]:
-    """The arrays of alpha (and of A) by key (`nb101.alpha_shapes`)."""
+    """The arrays of alpha (and of A) by key (`nb101_cell.alpha_shapes`)."""
     return self.space.alpha_shapes()
 
   @nn.compact

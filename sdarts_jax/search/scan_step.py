@@ -1,6 +1,6 @@
 """The search step compiled as one `lax.scan` over its evaluations: a table of phases.
 
-`sdarts_jax.step` defines the step (`step.plain_step`); this module compiles it for XLA:CPU.
+`sdarts_jax.search.step` defines the step (`step.plain_step`); this module compiles it for XLA:CPU.
 XLA compiles every inlined copy of the supernet's forward and backward pass anew, and on
 XLA:CPU one copy of the paper-size supernet takes about a minute to compile. So the step
 runs its evaluations (`step.phases`: ten for ADV) as the iterations of one `lax.scan`: the
@@ -28,9 +28,10 @@ import numpy as np
 import optax
 from jax import lax
 
-from sdarts_jax import optim, perturb, step, supernet, unrolled
-from sdarts_jax.kernels import Need
-from sdarts_jax.step import TRAIN, VAL, Evaluation
+from sdarts_jax.model import supernet
+from sdarts_jax.model.kernels import Need
+from sdarts_jax.search import optim, perturb, step, unrolled
+from sdarts_jax.search.step import TRAIN, VAL, Evaluation
 
 
 class Context(NamedTuple):
@@ -85,7 +86,7 @@ def alpha_phase(ctx: Context, c: Carry, ev: Evaluation) -> Carry:
   return architecture_step(ctx, c, ev.grad_A)
 
 
-# Second order: the gradient of L_val(w', A) (`sdarts_jax.unrolled`). BatchNorm's running
+# Second order: the gradient of L_val(w', A) (`sdarts_jax.search.unrolled`). BatchNorm's running
 # statistics follow the train pass at w alone: the evaluation at w' belongs to the virtual
 # weights, those of H v differentiate the train pass (the reference's central difference
 # also updates them at w +- R v).
@@ -200,10 +201,10 @@ def plan(config) -> list[Phase]:
 # ---------------------------------------------------------------- the compiled step
 
 def make_step(model, config, steps_per_epoch: int, preprocess):
-  """step(state, batch) -> (state, metrics), pure; jit it (see `sdarts_jax.search`).
+  """step(state, batch) -> (state, metrics), pure; jit it (see `sdarts_jax.search.run_search`).
 
   preprocess(key, images uint8 [N, H, W, 3]) -> float [N, H, W, 3]: augmentation and
-  normalisation (`sdarts_jax.data.preprocess` with the dataset's statistics).
+  normalisation (`sdarts_jax.data.pipeline.preprocess` with the dataset's statistics).
 
   state: {"params", "batch_stats", "alpha", "w_opt", "a_opt", "step"}.
   batch: {"train_image", "train_label", "val_image", "val_label"}, images [N, H, W, 3]

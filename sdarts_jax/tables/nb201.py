@@ -8,7 +8,7 @@ The table is a CSV with one row per cell of the space (15,625 = 5^6 in the full 
 the columns `COLUMNS`: the mean test accuracy (%) after 200 training epochs on CIFAR-10,
 CIFAR-100 and ImageNet16-120, the cell string, and a canonical string of the computation the
 cell performs (isomorphic cells share it). The published table is `TABLE_URL`, checked
-against `TABLE_SHA256` when a search loads it; `python -m sdarts_jax.nb201_table` writes
+against `TABLE_SHA256` when a search loads it; `python -m sdarts_jax.tables.nb201_table` writes
 the same table from the official benchmark files (docs/data.md).
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from sdarts_jax import spaces
+from sdarts_jax.model import spaces
 
 # Metric name -> the table's accuracy column.
 DATASETS = {"cifar10": "CIFAR10TestAccuracy200Epochs",
@@ -37,7 +37,7 @@ COLUMNS = tuple(DATASETS.values()) + (ARCH, UNIQUE)
 TABLE_URL = ("https://raw.githubusercontent.com/v-tao/nats-bench-landscape/"
              "b307ae5fe6e8d7043cd4fe7d1c3532288271adb7/nats_bench.csv")
 TABLE_SHA256 = "cb5d777ec3368be83c8f9b3aa4d520696051cb0eb8d94b8f85b519f9ea4afa3e"
-CONVERT_COMMAND = ("python -m sdarts_jax.nb201_table "
+CONVERT_COMMAND = ("python -m sdarts_jax.tables.nb201_table "
                    "--source=NAS-Bench-201-v1_0-e61699.pth --out=nb201.csv")
 
 
@@ -68,7 +68,7 @@ def check_sha256(path: str, expected: str) -> None:
   raise ValueError(f"config.nb201.table={path}: its sha256 is {got}, not {what} "
                    f"({expected}): the file is damaged or another table. The published "
                    f"table is at {TABLE_URL}; for a table of your own (e.g. written by "
-                   f"`python -m sdarts_jax.nb201_table`), pin it with "
+                   f"`python -m sdarts_jax.tables.nb201_table`), pin it with "
                    f"--config.nb201.table_sha256={got}, or skip the check with "
                    f"--config.nb201.table_sha256='' (docs/data.md)")
 

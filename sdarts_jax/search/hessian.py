@@ -26,7 +26,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from sdarts_jax import losses, ops, parallel, supernet
+from sdarts_jax.model import losses, ops, supernet
+from sdarts_jax.run import parallel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +88,7 @@ def fori_loop(num: int, body: Callable, carry, args, host: bool):
   same loop driven from Python over one compiled body.
 
   XLA:CPU leaves the convolutions of JAX's derivative rules un-canonicalised inside
-  compiled loops, where they run 3-30x slower (see `sdarts_jax.kernels`), and forward-mode
+  compiled loops, where they run 3-30x slower (see `sdarts_jax.model.kernels`), and forward-mode
   autodiff cannot use the kernels' written-out backward passes. So on CPU the HVP loops run on
   the host; each iteration is one call of a body compiled once. `body` must be a stable
   function (compiled once per function object): build it once, not per call.

@@ -11,7 +11,7 @@ Tensors are NHWC. An op for E edges maps x [N, H, W, C] to [N, H', W', E, C_out]
 [N, H', W', 1, C_out] when its output is the same for every edge (pooling, identity).
 
 How the convolutions run is config.model.impl, one of `IMPLEMENTATIONS` (equal results;
-the XLA:CPU kernels with written-out backward passes are `sdarts_jax.kernels`);
+the XLA:CPU kernels with written-out backward passes are `sdarts_jax.model.kernels`);
 `depthwise_impl()` picks by backend. Parameters are the same in all, stored as in the
 PyTorch reference (a depthwise and a pointwise kernel per layer).
 """
@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from sdarts_jax import kernels
-from sdarts_jax.kernels import Need
+from sdarts_jax.model import kernels
+from sdarts_jax.model.kernels import Need
 
 
 class Implementation(NamedTuple):

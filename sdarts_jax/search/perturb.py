@@ -4,7 +4,7 @@ A is a pytree of [edges, ops] arrays (one per cell type) whose rows lie on the s
 SDARTS-RS adds uniform noise; SDARTS-ADV runs a sign-PGD attack in the L-inf ball of
 radius eps around A. After every move the rows are projected back with `clip`
 (clamp-and-renormalise, as the reference code does; not a Euclidean simplex projection).
-`pgd` is the attack written plainly (one loss call per use, `sdarts_jax.step.plain_step`);
+`pgd` is the attack written plainly (one loss call per use, `sdarts_jax.search.step.plain_step`);
 the compiled step runs the same pieces as phases of its scan.
 """
 from __future__ import annotations

@@ -9,7 +9,7 @@ Sources, selected by `config.data` (see `sdarts_jax.defaults.data_config`):
   * An image folder (`folder`, wins over `name`): `{train,test}/<class name>/*.jpg` (or
     .jpeg, .png); labels index the class names of `train/` in sorted order.
   * CIFAR-10's python batches (`folder` holding data_batch_1..5 and test_batch, as the
-    canonical archive's cifar-10-batches-py/ that `sdarts_jax.download` fetches): each file
+    canonical archive's cifar-10-batches-py/ that `sdarts_jax.data.download` fetches): each file
     a pickled dict with b"data" [10000, 3072] uint8 (channels first, flattened) and
     b"labels"; read with an unpickler that builds only dicts, lists, bytes and numpy arrays.
   * Synthetic images (`name="synthetic"`), learnable and deterministic, for demos and tests.

@@ -1,6 +1,6 @@
 """DARTS's second-order alpha step (docs/method.md, section 1.5), as the pure
-pieces that the step's phases compose (`sdarts_jax.scan_step`); `sdarts_jax.step` owns the
-supernet evaluations.
+pieces that the step's phases compose (`sdarts_jax.search.scan_step`);
+`sdarts_jax.search.step` owns the supernet evaluations.
 
 The alpha step descends the validation loss at the one-step unrolled weights
 

@@ -6,11 +6,11 @@ A genotype is the JSON object used by `genotypes.json`: per cell type a list of 
 k >= 2 is node k - 2) and the list of states concatenated into the output.
 
 In the NAS-Bench-201 space a genotype is {"nb201": "|op~0|+|op~0|op~1|+|op~0|op~1|op~2|"}:
-every edge keeps its best op, `none` included (see `sdarts_jax.nb201`).
+every edge keeps its best op, `none` included (see `sdarts_jax.tables.nb201`).
 
 In the NAS-Bench-1Shot1 spaces a genotype is {"nb101": {"matrix": [[0, 1, ...], ...],
 "ops": ["input", "conv3x3-bn-relu", ..., "output"], "hash": "..."}}: NAS-Bench-101's pruned
-adjacency matrix, its op list and its cell hash (`sdarts_jax.nb101`).
+adjacency matrix, its op list and its cell hash (`sdarts_jax.model.nb101_cell`).
 """
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from sdarts_jax import metrics, nb101, nb201, spaces
+from sdarts_jax.model import nb101_cell, spaces
+from sdarts_jax.run import metrics
+from sdarts_jax.tables import nb201
 
 # Genotype keys of benchmark cells: (benchmark, the config field of its table).
 BENCHMARK_CELLS = {"nb201": ("NAS-Bench-201", "config.nb201.table"),
@@ -60,11 +62,11 @@ def derive_nb201(weights: np.ndarray, edge_ops) -> str:
   return nb201.to_string([ops[int(np.argmax(w))] for w, ops in zip(weights, edge_ops)])
 
 
-def derive_nb101(A: Mapping[str, np.ndarray], cell: nb101.Space) -> dict:
-  """The NAS-Bench-101 cell of 1Shot1 mixing weights A (`nb101.derive_cell`):
-  {"matrix": [V, V] nested lists, "ops": V names, "hash": `nb101.spec_hash`}."""
-  matrix, ops = nb101.derive_cell(cell, A)
-  return {"matrix": matrix.tolist(), "ops": ops, "hash": nb101.spec_hash(matrix, ops)}
+def derive_nb101(A: Mapping[str, np.ndarray], cell: nb101_cell.Space) -> dict:
+  """The NAS-Bench-101 cell of 1Shot1 mixing weights A (`nb101_cell.derive_cell`):
+  {"matrix": [V, V] nested lists, "ops": V names, "hash": `nb101_cell.spec_hash`}."""
+  matrix, ops = nb101_cell.derive_cell(cell, A)
+  return {"matrix": matrix.tolist(), "ops": ops, "hash": nb101_cell.spec_hash(matrix, ops)}
 
 
 def edge_weighted(A: Mapping[str, np.ndarray], cell_type: str) -> np.ndarray:
@@ -106,7 +108,7 @@ def load(path: str) -> Genotype:
 
 def published() -> dict[str, Genotype]:
   """The published cells by name (SDARTS reference code and the DARTS paper)."""
-  text = resources.files("sdarts_jax").joinpath("genotypes.json").read_text()
+  text = resources.files("sdarts_jax.search").joinpath("genotypes.json").read_text()
   return json.loads(text)["genotypes"]
 
 
@@ -116,7 +118,7 @@ def validate(genotype: Genotype, where: str) -> Genotype:
   if isinstance(genotype, dict) and "nb101" in genotype:
     cell = genotype["nb101"]
     try:
-      if not (isinstance(cell, dict) and nb101.spec_hash(np.asarray(cell["matrix"]),
+      if not (isinstance(cell, dict) and nb101_cell.spec_hash(np.asarray(cell["matrix"]),
                                                         list(cell["ops"])) == cell["hash"]):
         raise ValueError("the hash does not match the matrix and ops")
     except (ValueError, KeyError, TypeError) as e:

@@ -1,4 +1,4 @@
-"""XLA:CPU kernels for the candidate operations (`sdarts_jax.ops`), with written-out
+"""XLA:CPU kernels for the candidate operations (`sdarts_jax.model.ops`), with written-out
 backward passes.
 
 JAX's transpose rules give XLA convolutions with swapped kernel or batch dimensions, which
@@ -32,7 +32,7 @@ class Need(enum.IntEnum):
   the search step): nothing (the step wants a loss alone), the gradient of its input (enough
   for the gradient of the mixing weights A), or the gradients of its input and its kernel.
 
-  The step sets it per supernet evaluation (`sdarts_jax.scan_step.PHASES`), so the alpha
+  The step sets it per supernet evaluation (`sdarts_jax.search.scan_step.PHASES`), so the alpha
   step and the PGD attack skip the weight gradients they do not use and the clean and
   attacked losses skip the backward convolutions, while one compiled supernet serves every
   evaluation. Only the written-out backward passes here read it; JAX's own rules always

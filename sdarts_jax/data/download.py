@@ -4,7 +4,7 @@ checksum-verified and unpacked into a per-user cache (no TensorFlow).
 The cache is $XDG_CACHE_HOME/sdarts_jax (default ~/.cache/sdarts_jax), never the repository.
 An archive is cached under the checksum it was verified against, as
 `cifar10-<first 16 hex digits>/cifar-10-batches-py/` (data_batch_1..5, test_batch,
-batches.meta: the folder `sdarts_jax.data` reads with config.data.folder); once that folder
+batches.meta: the folder `sdarts_jax.data.pipeline` reads with config.data.folder); once that folder
 is there, nothing is downloaded again.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from typing import Callable
 
-from sdarts_jax import data
+from sdarts_jax.data import pipeline
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 # The archive's published md5 and its sha256; both are checked.
@@ -138,7 +138,7 @@ def unpack(archive: pathlib.Path, into: pathlib.Path, url: str) -> None:
   """Copy cifar-10-batches-py's batch files, and batches.meta when present, out of the
   tar.gz `archive` into the new folder `into`; nothing else is extracted (no links, no
   other paths). DownloadError when a batch file is missing."""
-  batch_files = [name for split in data.CIFAR_BATCHES.values() for name in split]
+  batch_files = [name for split in pipeline.CIFAR_BATCHES.values() for name in split]
   try:
     with tarfile.open(archive, "r:gz") as tar:
       files = {m.name: m for m in tar.getmembers() if m.isfile()}

@@ -5,7 +5,7 @@ A space's cells are those NAS-Bench-1Shot1 evaluates (the reference's
 `generate_search_space_without_loose_ends` in nasbench_analysis/search_spaces): every
 choice of parents per node and for the output, pruned to the vertices on an input ->
 output path, with every op at each remaining node. They are enumerated per distinct pruned
-graph, then hashed (`nb101.spec_hash`): 2,685 distinct cells in ss1, 7,773 in ss2 and
+graph, then hashed (`nb101_cell.spec_hash`): 2,685 distinct cells in ss1, 7,773 in ss2 and
 55,854 in ss3. Hashing ss3 takes minutes (README), so the hashes are cached
 (`space_hashes`).
 
@@ -27,12 +27,13 @@ import tempfile
 
 import numpy as np
 
-from sdarts_jax import nb101, spaces
+from sdarts_jax.model import nb101_cell, spaces
+from sdarts_jax.tables import nb101
 
 CELLS_VERSION = 1  # bump when the enumeration changes: cached hash lists are keyed by it
 
 
-def space_graphs(space: nb101.Space) -> list[tuple[np.ndarray, list[int]]]:
+def space_graphs(space: nb101_cell.Space) -> list[tuple[np.ndarray, list[int]]]:
   """Every distinct pruned graph of the space: (matrix [V, V], the V kept vertices of the
   unpruned cell, 0 the input and N + 1 the output), over every choice of parents."""
   n = space.num_nodes
@@ -42,32 +43,32 @@ def space_graphs(space: nb101.Space) -> list[tuple[np.ndarray, list[int]]]:
     matrix = np.zeros((n + 2, n + 2), np.int64)
     for v, chosen in enumerate(parents, start=1):
       matrix[list(chosen), v] = 1
-    pruned, kept = nb101.prune(matrix, list(range(n + 2)))
+    pruned, kept = nb101_cell.prune(matrix, list(range(n + 2)))
     graphs.setdefault(pruned.tobytes() + bytes(kept), (pruned, kept))
   return list(graphs.values())
 
 
-def space_cells(space: nb101.Space):
+def space_cells(space: nb101_cell.Space):
   """(matrix [V, V], V ops) of every cell of the space: each pruned graph of
   `space_graphs` with every op at each of its nodes (isomorphic cells may repeat)."""
   for matrix, kept in space_graphs(space):
-    for ops in itertools.product(nb101.OPS, repeat=len(kept) - 2):
-      yield matrix, [nb101.INPUT, *ops, nb101.OUTPUT]
+    for ops in itertools.product(nb101_cell.OPS, repeat=len(kept) - 2):
+      yield matrix, [nb101_cell.INPUT, *ops, nb101_cell.OUTPUT]
 
 
-def space_hashes(space: nb101.Space, cache_dir: str | os.PathLike | None = None) -> np.ndarray:
-  """The sorted distinct `nb101.spec_hash`es of the space's cells, [cells] str; read from
+def space_hashes(space: nb101_cell.Space, cache_dir: str | os.PathLike | None = None) -> np.ndarray:
+  """The sorted distinct `nb101_cell.spec_hash`es of the space's cells, [cells] str; read from
   `cache_dir` (default: the user cache, $XDG_CACHE_HOME/sdarts_jax/nb101) when computed
   before, else computed and written there (a read-only cache is skipped)."""
   if cache_dir is None:
-    from sdarts_jax.download import cache_root  # pulls in jax: only when a run asks
+    from sdarts_jax.data.download import cache_root  # pulls in jax: only when a run asks
     cache_dir = cache_root() / "nb101"
   path = pathlib.Path(cache_dir) / f"1shot1_{space.name}_cells_v{CELLS_VERSION}.npy"
   try:
     return np.load(path, allow_pickle=False)
   except (OSError, ValueError):
     pass
-  hashes = np.array(sorted({nb101.spec_hash(m, ops) for m, ops in space_cells(space)}))
+  hashes = np.array(sorted({nb101_cell.spec_hash(m, ops) for m, ops in space_cells(space)}))
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
@@ -90,13 +91,13 @@ class Benchmark:
     cells: how many distinct cells the space has.
   """
   table: nb101.NB101Table
-  space: nb101.Space
+  space: nb101_cell.Space
   best_hash: str
   best_test: float
   cells: int
 
   @classmethod
-  def load(cls, path: str | os.PathLike, space: nb101.Space,
+  def load(cls, path: str | os.PathLike, space: nb101_cell.Space,
            cache_dir: str | os.PathLike | None = None) -> "Benchmark":
     """The table of `path` (`nb101.NB101Table.load`) and the space's best cell. ValueError
     naming the file when it cannot be read or lacks a cell of the space (it is then not

@@ -14,7 +14,7 @@ from typing import Callable
 import jax
 from absl import logging as absl_logging
 
-from sdarts_jax import checkpoint, metrics
+from sdarts_jax.run import checkpoint, metrics
 
 # Config fields (dotted paths) that may change when a run resumes; any other difference
 # is an error. (nb201.table_sha256 only checks the file; runs made before it resume too.)
@@ -186,7 +186,7 @@ def as_command(fn: Callable, *args):
 
 # Library log lines that tell the person running a command nothing (below ERROR): JAX
 # probing for accelerator backends that are not installed, and TFDS probing for a dataset
-# that is not prepared (`sdarts_jax.data` says itself what is missing and what to do).
+# that is not prepared (`sdarts_jax.data.pipeline` says itself what is missing and what to do).
 LOG_NOISE = ("Unable to initialize backend", "is experimental and not all JAX functionality")
 NOISY_PACKAGES = (f"{os.sep}tensorflow_datasets{os.sep}",)
 

@@ -1,12 +1,13 @@
-"""The search (docs/method.md, sections 1, 2 and 5): epochs, schedules, metrics, genotype, checkpoints.
+"""The search (docs/method.md, sections 1, 2 and 5): epochs, schedules, metrics, genotype,
+checkpoints.
 
 `train_and_evaluate(config, workdir)` runs a whole search and is what `main.py` calls
 (which then draws the final cell, `analysis.draw.draw_final_cell`). It reads top to bottom:
 checks, mesh, data, model and state, compiled functions, checkpoint, then the loop that
-evaluation training shares (`sdarts_jax.loop`) with the search as its task (`search_task`:
+evaluation training shares (`sdarts_jax.run.loop`) with the search as its task (`search_task`:
 the end of an epoch, `EpochReport`, and the Hessian's early stop). The step itself is
-defined in `sdarts_jax.step` and compiled by `sdarts_jax.scan_step` (CPU) or
-`sdarts_jax.accel_step` (TPU/GPU).
+defined in `sdarts_jax.search.step` and compiled by `sdarts_jax.search.scan_step` (CPU) or
+`sdarts_jax.search.accel_step` (TPU/GPU).
 """
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sdarts_jax import (accel_step, checkpoint, data, genotype, hessian, loop, losses,
-                        metrics, nb201, oneshot1, ops, optim, parallel, run, spaces, step,
-                        supernet)
+from sdarts_jax.data import pipeline
+from sdarts_jax.model import losses, ops, spaces, supernet
+from sdarts_jax.run import checkpoint, lifecycle, loop, metrics, parallel
+from sdarts_jax.search import accel_step, genotype, hessian, optim, step
+from sdarts_jax.tables import nb201, oneshot1
 
 
 # ---------------------------------------------------------------- checks
@@ -62,9 +65,9 @@ def check_config(config) -> None:
   if config.data.cutout < 0 or not 0.0 <= config.data.cutout_prob <= 1.0:
     raise ValueError(f"config.data.cutout={config.data.cutout} must be >= 0 (0: off) and "
                      f"config.data.cutout_prob={config.data.cutout_prob} in [0, 1]")
-  if config.data.cutout_schedule not in data.CUTOUT_SCHEDULES:
+  if config.data.cutout_schedule not in pipeline.CUTOUT_SCHEDULES:
     raise ValueError(f"config.data.cutout_schedule={config.data.cutout_schedule!r}; use one "
-                     f"of {', '.join(data.CUTOUT_SCHEDULES)}")
+                     f"of {', '.join(pipeline.CUTOUT_SCHEDULES)}")
   ops.impl_of(config.model.impl)  # an unknown implementation's error
   if config.eval_bn not in EVAL_BN:
     raise ValueError(f"config.eval_bn={config.eval_bn!r}; use one of {', '.join(EVAL_BN)}")
@@ -72,14 +75,14 @@ def check_config(config) -> None:
 
 # ---------------------------------------------------------------- data, model and state
 
-def search_data(config) -> tuple[data.Source, data.SearchBatches, data.Source]:
+def search_data(config) -> tuple[pipeline.Source, pipeline.SearchBatches, pipeline.Source]:
   """(the train split, its search batches, its alpha half as a source for evaluation)."""
-  source = data.load(config.data, "train")
-  batches = data.SearchBatches(source, config.data.train_portion, config.data.batch_size,
-                               config.seed)
-  _, alpha_half = data.search_split(len(source.labels), config.data.train_portion)
-  alpha_source = data.Source(source.name, source.images[alpha_half], source.labels[alpha_half],
-                             source.num_classes, source.mean, source.std)
+  source = pipeline.load(config.data, "train")
+  batches = pipeline.SearchBatches(source, config.data.train_portion, config.data.batch_size,
+                                   config.seed)
+  _, alpha_half = pipeline.search_split(len(source.labels), config.data.train_portion)
+  alpha_source = pipeline.Source(source.name, source.images[alpha_half], source.labels[alpha_half],
+                                 source.num_classes, source.mean, source.std)
   return source, batches, alpha_source
 
 
@@ -118,17 +121,17 @@ def init_state(model, config, image_shape, steps_per_epoch: int) -> dict:
 
 def cutout_prob(config, epoch):
   """The search's cutout probability in `epoch` (from 0; may be traced), by
-  config.data.cutout_schedule (`data.cutout_prob_at`): what the step applies and the epoch
+  config.data.cutout_schedule (`pipeline.cutout_prob_at`): what the step applies and the epoch
   record reports."""
   d = config.data
-  return data.cutout_prob_at(d.cutout_prob, epoch, config.epochs, d.cutout_schedule)
+  return pipeline.cutout_prob_at(d.cutout_prob, epoch, config.epochs, d.cutout_schedule)
 
 
-def make_train_step(model, config, steps_per_epoch: int, source: data.Source,
+def make_train_step(model, config, steps_per_epoch: int, source: pipeline.Source,
                     platform: str | None = None):
   """The search step for `platform` (`accel_step.step_for`: `scan_step.make_step` on CPU, the
   static-phase step on TPU and GPU; default JAX's default backend) with the search's
-  augmentation (`data.preprocess`): crop and flip,
+  augmentation (`pipeline.preprocess`): crop and flip,
   and with config.data.cutout > 0 a cutout square with the probability of the step's epoch
   (`cutout_prob`: constant by default, as the official scripts run; or ramped from 0), on
   the weights' and alpha's batches alike, as the reference's shared train transform. The
@@ -137,7 +140,7 @@ def make_train_step(model, config, steps_per_epoch: int, source: data.Source,
 
   def train_step(state, batch):
     prob = cutout_prob(config, state["step"] // steps_per_epoch)
-    preprocess = lambda key, images: data.preprocess(
+    preprocess = lambda key, images: pipeline.preprocess(
         key, images, source.mean, source.std, d.augment, d.crop_padding, d.cutout, prob)
     return accel_step.step_for(model, config, steps_per_epoch, preprocess, platform)(
         state, batch)
@@ -149,13 +152,13 @@ def make_train_step(model, config, steps_per_epoch: int, source: data.Source,
 EVAL_BN = ("running", "clean_batch")
 
 
-def make_bn_estimate(model, source: data.Source, seed: int):
+def make_bn_estimate(model, source: pipeline.Source, seed: int):
   """estimate(params, batch_stats, A, images) -> batch_stats after one train-mode pass on
   images [B, H, W, 3] uint8 (unaugmented): with the 1Shot1 spaces' BN momentum (0.003 in
   Flax's convention) that batch's statistics, as the reference's Hessian pass leaves them
   for its evaluation."""
   def estimate(params, batch_stats, A, images):
-    x = data.preprocess(None, images, source.mean, source.std, augment=False)
+    x = pipeline.preprocess(None, images, source.mean, source.std, augment=False)
     _, new = model.apply({"params": params, "batch_stats": batch_stats}, x, A, True,
                          mutable=["batch_stats"], rngs={"noise": jax.random.PRNGKey(seed)})
     return new["batch_stats"]
@@ -163,11 +166,11 @@ def make_bn_estimate(model, source: data.Source, seed: int):
   return estimate
 
 
-def make_infer(model, source: data.Source, seed: int):
+def make_infer(model, source: pipeline.Source, seed: int):
   """infer(params, batch_stats, A, batch) -> (loss sum, correct count) over the valid rows
-  of an evaluation batch (`data.eval_batches`), BatchNorm in inference mode."""
+  of an evaluation batch (`pipeline.eval_batches`), BatchNorm in inference mode."""
   def infer(params, batch_stats, A, batch):
-    x = data.preprocess(None, batch["image"], source.mean, source.std, augment=False)
+    x = pipeline.preprocess(None, batch["image"], source.mean, source.std, augment=False)
     logits = model.apply({"params": params, "batch_stats": batch_stats}, x, A, False,
                          rngs={"noise": jax.random.PRNGKey(seed)})
     labels, valid = batch["label"], batch["valid"]
@@ -189,11 +192,11 @@ def benchmark_for(config):
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Run (or resume) a search; returns the last epoch's record. Raises run.Preempted after
+  """Run (or resume) a search; returns the last epoch's record. Raises lifecycle.Preempted after
   saving a checkpoint when SIGTERM arrives."""
   check_config(config)
   table = benchmark_for(config)
-  run.start(config, workdir)
+  lifecycle.start(config, workdir)
 
   # Mesh.
   mesh, replicated, sharded = parallel.data_parallel(config.data.batch_size)
@@ -222,25 +225,26 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # Checkpoint.
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoints_to_keep)
-  state, meta = run.restore_or_init(ckpt, init, replicated, workdir)
+  state, meta = lifecycle.restore_or_init(ckpt, init, replicated, workdir)
   tracker.history = [tuple(h) for h in meta.get("lambda_max", [])]
   if meta.get("early_stopped"):
-    run.log(f"this run stopped early at epoch {meta['epoch']} (RobustDARTS rule); nothing to do")
+    lifecycle.log(f"this run stopped early at epoch {meta['epoch']} (RobustDARTS rule); "
+                  f"nothing to do")
     return {}
 
   # The loop.
   writer = metrics.MetricWriter(workdir)
   if int(state["step"]) == 0:
-    run.log(_start_line(config, source, spe, model, mesh))
+    lifecycle.log(_start_line(config, source, spe, model, mesh))
   report = EpochReport(config, model, eval_source, infer, sharded, writer, workdir, table,
                        estimate_bn)
-  batches_from = lambda start: (data.to_global(batches.batch(*divmod(s, spe)), sharded)
+  batches_from = lambda start: (pipeline.to_global(batches.batch(*divmod(s, spe)), sharded)
                                 for s in range(start, config.epochs * spe))
   return loop.Loop(config, ckpt, writer, workdir).run(
       state, meta, search_task(spe, train_step, batches_from, report, tracker))
 
 
-def _start_line(config, source: data.Source, spe: int, model, mesh) -> str:
+def _start_line(config, source: pipeline.Source, spe: int, model, mesh) -> str:
   """What a new search prints before compiling its step."""
   variant = f", second order (H v {config.alpha.hvp})" if config.alpha.order == 2 else ""
   if config.model.get("partial_k", 1) > 1:
@@ -263,8 +267,8 @@ def search_task(steps_per_epoch: int, train_step, batches_from, report: EpochRep
     record.update(tracker.measure(state, epoch, writer, done))
     stop_epoch = tracker.stop_epoch()
     if stop_epoch is not None:
-      run.log(f"early stop (RobustDARTS rule on lambda_max) at epoch {epoch + 1}: keeping the "
-              f"genotype of epoch {stop_epoch}")
+      lifecycle.log(f"early stop (RobustDARTS rule on lambda_max) at epoch {epoch + 1}: "
+                    f"keeping the genotype of epoch {stop_epoch}")
       writer.write("early_stop", done, {"epoch": epoch + 1, "genotype_epoch": stop_epoch})
       if metrics.is_writer():
         genotype.save(genotype.load(_genotype_path(workdir, stop_epoch)),
@@ -291,7 +295,7 @@ class EpochReport:
   test regret)."""
   config: object
   model: object  # the supernet (`build_model`)
-  eval_source: data.Source
+  eval_source: pipeline.Source
   infer: object
   sharded: object
   writer: metrics.MetricWriter
@@ -311,8 +315,8 @@ class EpochReport:
     if config.eval_every_epochs and (epoch + 1) % config.eval_every_epochs == 0:
       loss, correct = 0.0, 0
       stats = state["batch_stats"]
-      placed = (data.to_global(b, self.sharded)
-                for b in data.eval_batches(eval_source, config.data.batch_size))
+      placed = (pipeline.to_global(b, self.sharded)
+                for b in pipeline.eval_batches(eval_source, config.data.batch_size))
       first = next(placed)
       if self.estimate_bn is not None:  # the first batch's statistics, with clean A
         stats = self.estimate_bn(state["params"], stats, A_dev, first["image"])
@@ -333,7 +337,7 @@ class EpochReport:
       genotype.save(geno, _genotype_path(workdir, epoch + 1))
       genotype.save(geno, os.path.join(workdir, "genotype.json"))
     shown = {k: round(v, 4) for k, v in record.items() if isinstance(v, float)}
-    run.log(f"\nepoch {epoch + 1}/{config.epochs}: {shown}\n  genotype {json.dumps(geno)}")
+    lifecycle.log(f"\nepoch {epoch + 1}/{config.epochs}: {shown}\n  genotype {json.dumps(geno)}")
     return record
 
 
@@ -348,7 +352,7 @@ class HessianTracker:
   like with like; the reference draws one random augmented batch), and RobustDARTS's
   early-stopping rule on it."""
 
-  def __init__(self, config, model, eval_source: data.Source, mesh):
+  def __init__(self, config, model, eval_source: pipeline.Source, mesh):
     self.cfg, self.batch_size = config.hessian, config.data.batch_size
     self.seed, self.source, self.history = config.seed, eval_source, []
     self.fn = None
@@ -366,8 +370,8 @@ class HessianTracker:
       raise ValueError(f"config.hessian.batches={self.cfg.batches} batches of "
                        f"{self.batch_size} exceed the {len(self.source.labels)} alpha images")
     shape = (self.cfg.batches, self.batch_size)
-    images = data.preprocess(None, self.source.images[:n], self.source.mean, self.source.std,
-                             False).reshape(shape + self.source.images.shape[1:])
+    images = pipeline.preprocess(None, self.source.images[:n], self.source.mean, self.source.std,
+                                 False).reshape(shape + self.source.images.shape[1:])
     labels = self.source.labels[:n].reshape(shape)
     images = jax.device_put(images, self.sharding)
     labels = jax.device_put(labels, self.sharding)

@@ -8,7 +8,7 @@ checkpoint stays), summed into the epoch's means, shown on the progress line and
 every config.log_every_steps; at an epoch end the caller's `end_of_epoch` evaluates and logs;
 checkpoints are saved every checkpoint_every_epochs epochs and at the end; SIGTERM saves the
 state (mid-epoch with the epoch's partial sums, so the resumed epoch's means cover all of its
-steps) and raises run.Preempted. What differs between the search and evaluation training
+steps) and raises lifecycle.Preempted. What differs between the search and evaluation training
 (the step, the data, the epoch's evaluation, the checkpoint's record) comes in as a `Task`.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 
 import jax
 
-from sdarts_jax import metrics, run
+from sdarts_jax.run import lifecycle, metrics
 
 
 def compile_step(train_step: Callable, replicated, sharded) -> Callable:
@@ -70,7 +70,7 @@ class Loop:
     c, spe = self.config, task.steps_per_epoch
     total_steps = c.epochs * spe
     start = int(state["step"])
-    preempted = run.on_sigterm()
+    preempted = lifecycle.on_sigterm()
     log = _StepLog(self, task, total_steps)
     if start % spe:
       log.sums = dict(meta.get("epoch_sums", {}))
@@ -101,7 +101,7 @@ class Loop:
         log.t_fetch = time.time()  # the progress rate counts step time alone
       if stopping:
         epochs_done = epoch + (index == spe - 1)
-        run.preempt(self.ckpt, done, state, dict(task.checkpoint_record(done, epochs_done),
+        lifecycle.preempt(self.ckpt, done, state, dict(task.checkpoint_record(done, epochs_done),
                                               epoch_sums=log.sums))
     self.ckpt.wait()
     return record
@@ -139,7 +139,7 @@ class _StepLog:
     seconds = (time.time() - self.t_fetch) / len(self.pending)
     for (done, _), m in zip(self.pending, fetched):
       m = {k: float(v) for k, v in m.items()}
-      run.check_finite(m, done, loop.ckpt, loop.workdir)
+      lifecycle.check_finite(m, done, loop.ckpt, loop.workdir)
       for k, v in m.items():
         self.sums[k] = self.sums.get(k, 0.0) + v
       self.progress.update(done, seconds,

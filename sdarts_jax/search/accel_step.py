@@ -24,8 +24,9 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from sdarts_jax import losses, optim, perturb, scan_step, supernet
-from sdarts_jax.step import METHODS, phases
+from sdarts_jax.model import losses, supernet
+from sdarts_jax.search import optim, perturb, scan_step
+from sdarts_jax.search.step import METHODS, phases
 
 STEPS = ("auto", "scan", "static")  # config.step: auto = static on TPU/GPU, scan on CPU
 

@@ -1,7 +1,7 @@
-"""The NAS-Bench-201 accuracy table (the CSV `sdarts_jax.nb201` reads) from the official
+"""The NAS-Bench-201 accuracy table (the CSV `sdarts_jax.tables.nb201` reads) from the official
 benchmark files, without the official API:
 
-  python -m sdarts_jax.nb201_table --source=PATH --out=nb201.csv
+  python -m sdarts_jax.tables.nb201_table --source=PATH --out=nb201.csv
 
 PATH is one of (docs/data.md says where each comes from):
   - NAS-Bench-201's file, `NAS-Bench-201-v1_0-e61699.pth` or `NAS-Bench-201-v1_1-096897.pth`
@@ -45,7 +45,7 @@ import tarfile
 import zipfile
 from typing import Any, Iterator
 
-from sdarts_jax import nb201
+from sdarts_jax.tables import nb201
 
 # Table column -> (the benchmark's dataset, its evaluation set), as get_more_info reads them.
 SOURCES = {nb201.DATASETS["cifar10"]: ("cifar10", "ori-test"),
@@ -276,7 +276,7 @@ def convert(source: str, out: str, trusted: bool = False) -> tuple[int, str]:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
-      prog="python -m sdarts_jax.nb201_table",
+      prog="python -m sdarts_jax.tables.nb201_table",
       description="Write the NAS-Bench-201 accuracy table (config.nb201.table) from the "
                   "official NAS-Bench-201 or NATS-Bench topology files.")
   parser.add_argument("--source", required=True,

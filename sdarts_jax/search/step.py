@@ -9,7 +9,7 @@ A step's evaluations, in order, are its *phases* (`phases`):
   adv:       alpha step -> clean loss (train, inference BN) -> 7 PGD steps -> attacked loss
              -> weight step
 
-With the second-order alpha step (config.alpha.order = 2, `sdarts_jax.unrolled`) the alpha
+With the second-order alpha step (config.alpha.order = 2, `sdarts_jax.search.unrolled`) the alpha
 step is three or four evaluations, all with BatchNorm in train mode: the train gradient at
 the weights w (which gives the unrolled weights w'), the validation gradients at w', and
 H v, either exactly at w (one reverse-over-reverse evaluation) or as a central difference
@@ -19,8 +19,8 @@ at w + R v and w - R v:
              (train) -> then as above from the perturbation on
 
 `plain_step` compiles one copy of the supernet per evaluation, which on XLA:CPU costs about
-a minute each at paper size: the steps that runs use are `sdarts_jax.scan_step` (XLA:CPU,
-one copy in a scan over the phases) and `sdarts_jax.accel_step` (TPU/GPU), both tested
+a minute each at paper size: the steps that runs use are `sdarts_jax.search.scan_step` (XLA:CPU,
+one copy in a scan over the phases) and `sdarts_jax.search.accel_step` (TPU/GPU), both tested
 against `plain_step`. All three draw every evaluation's `noise` key from its place in the
 phases (`noise_indices`).
 """
@@ -32,8 +32,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sdarts_jax import losses, optim, perturb, supernet, unrolled
-from sdarts_jax.kernels import Need
+from sdarts_jax.model import losses, supernet
+from sdarts_jax.model.kernels import Need
+from sdarts_jax.search import optim, perturb, unrolled
 
 TRAIN, VAL = 0, 1  # which batch an evaluation uses
 METHODS = ("darts", "rs", "adv")
@@ -82,7 +83,7 @@ def make_evaluate(model) -> Callable[..., Evaluation]:
 
 def make_mixed_evaluate(model) -> Callable[..., Evaluation]:
   """mixed(params, batch_stats, A, x, y, train_bn, key, need, v) -> Evaluation whose
-  grad_A is the mixed product H v = d/dA <grad_w L(w, A), v> (see `sdarts_jax.unrolled`)
+  grad_A is the mixed product H v = d/dA <grad_w L(w, A), v> (see `sdarts_jax.search.unrolled`)
   and grad_params grad_w L(w, A); v: a pytree of params' shapes, the other arguments as
   `make_evaluate`'s (need must ask for `Need.ALL_GRADS`).
 

@@ -1,0 +1,1 @@
+"""Images: sources, batches, augmentation, and the CIFAR-10 download."""
