@@ -58,7 +58,7 @@ DRIVER = textwrap.dedent("""
             f.write(f"{jax.process_index()} {index[0].start} {index[0].stop}\\n")
         return callback(index)
       return place(shape, sharding, cb, *args, **kwargs)
-    data.jax.make_array_from_callback = recorded
+    pipeline.jax.make_array_from_callback = recorded
     app.run(main.main, flags_parser=main.parse_flags)
     """)
 
