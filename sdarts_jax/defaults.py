@@ -14,6 +14,7 @@ import importlib.util
 import pathlib
 
 import ml_collections
+from ml_collections import config_dict
 
 DATASETS = ("cifar10", "cifar100", "svhn_cropped")
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"  # beside the package
@@ -140,6 +141,11 @@ def search_config(method: str) -> ml_collections.ConfigDict:
   c.method = method          # darts | rs | adv
   c.space = "s5"             # s5 (DARTS w/o none), darts, s1, s2, s3, s4
   c.seed = 2
+  # Several searches as one program (sdarts_jax.search.seeds): a count N (seeds seed .. seed + N - 1)
+  # or a list (--config.seeds=0,5,9); 1 is the one-seed run.
+  c.seeds = config_dict.FieldReference(1, field_type=object)
+  c.seed_axis = "auto"       # how the seeds share the program: auto (map on CPU, vmap on
+                             # TPU/GPU), map (one after the other) or vmap (batched)
   c.epochs = 50
   c.model = supernet_config()
   c.data = data_config()

@@ -49,18 +49,22 @@ def main(argv):
     sys.exit(2)
   # After distributed init: importing JAX modules is fine, touching devices is not.
   from sdarts_jax.run import lifecycle
-  from sdarts_jax.search import run_search
-  config = flags.FLAGS.config
+  from sdarts_jax.search import run_search, seeds
+  config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   lifecycle.quiet_libraries()
   with parallel.end_with_the_others():
     if config.mode == "search":
-      lifecycle.as_command(run_search.train_and_evaluate, config, flags.FLAGS.workdir)
+      several = lifecycle.as_command(seeds.is_multi_seed, config)
+      lifecycle.as_command(seeds.train_and_evaluate if several else run_search.train_and_evaluate,
+                           config, workdir)
       # matplotlib only now: importing it can build its font cache and log about it.
       from sdarts_jax.analysis import draw
-      draw.draw_final_cell(os.path.join(flags.FLAGS.workdir, "genotype.json"))
+      for folder in ([seeds.seed_dir(workdir, s) for s in seeds.seed_list(config)]
+                     if several else [workdir]):
+        draw.draw_final_cell(os.path.join(folder, "genotype.json"))
     elif config.mode == "train":
       from sdarts_jax.evaluation import train
-      lifecycle.as_command(train.train_and_evaluate, config, flags.FLAGS.workdir)
+      lifecycle.as_command(train.train_and_evaluate, config, workdir)
     else:
       print(f"error: unknown config.mode {config.mode!r}; known: search, train", file=sys.stderr)
       sys.exit(2)

@@ -18,6 +18,7 @@ import time
 from typing import Callable, Iterable
 
 import jax
+import numpy as np
 
 from sdarts_jax.run import lifecycle, metrics
 
@@ -45,6 +46,10 @@ class Task:
     done so far); stop ends the run after saving.
   describe(metrics) -> the progress line's text.
   checkpoint_record(done, epochs_done) -> the dict saved with a checkpoint.
+  check_finite(metrics, done) -> None, or raises lifecycle.RunError: what non-finite metrics do
+    (default `lifecycle.check_finite`: the run stops).
+  A step's metrics are scalars, or arrays of one value per seed in a run of several seeds
+  (`sdarts_jax.search.seeds`); the loop sums and passes them on either way.
   """
   steps_per_epoch: int
   train_step: Callable
@@ -52,6 +57,7 @@ class Task:
   end_of_epoch: Callable
   describe: Callable[[dict], str]
   checkpoint_record: Callable[[int, int], dict] = epoch_record
+  check_finite: Callable[[dict, int], None] | None = None
 
 
 @dataclasses.dataclass
@@ -73,7 +79,8 @@ class Loop:
     preempted = lifecycle.on_sigterm()
     log = _StepLog(self, task, total_steps)
     if start % spe:
-      log.sums = dict(meta.get("epoch_sums", {}))
+      log.sums = {k: np.asarray(v) if isinstance(v, list) else v
+                  for k, v in meta.get("epoch_sums", {}).items()}
     record: dict = {}
     placed = iter(task.batches(start))
     batch = next(placed, None)
@@ -101,8 +108,9 @@ class Loop:
         log.t_fetch = time.time()  # the progress rate counts step time alone
       if stopping:
         epochs_done = epoch + (index == spe - 1)
+        sums = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in log.sums.items()}
         lifecycle.preempt(self.ckpt, done, state, dict(task.checkpoint_record(done, epochs_done),
-                                              epoch_sums=log.sums))
+                                                       epoch_sums=sums))
     self.ckpt.wait()
     return record
 
@@ -137,9 +145,12 @@ class _StepLog:
     loop, c, spe = self.loop, self.loop.config, self.task.steps_per_epoch
     fetched = jax.device_get([m for _, m in self.pending])
     seconds = (time.time() - self.t_fetch) / len(self.pending)
+    check = self.task.check_finite or (
+        lambda m, done: lifecycle.check_finite(m, done, loop.ckpt, loop.workdir))
     for (done, _), m in zip(self.pending, fetched):
-      m = {k: float(v) for k, v in m.items()}
-      lifecycle.check_finite(m, done, loop.ckpt, loop.workdir)
+      m = {k: float(v) if np.ndim(v) == 0 else np.asarray(v, np.float64)
+           for k, v in m.items()}
+      check(m, done)
       for k, v in m.items():
         self.sums[k] = self.sums.get(k, 0.0) + v
       self.progress.update(done, seconds,

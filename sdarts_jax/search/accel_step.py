@@ -26,7 +26,7 @@ from jax import lax
 
 from sdarts_jax.model import losses, supernet
 from sdarts_jax.search import optim, perturb, scan_step
-from sdarts_jax.search.step import METHODS, phases
+from sdarts_jax.search.step import METHODS, phases, step_key
 
 STEPS = ("auto", "scan", "static")  # config.step: auto = static on TPU/GPU, scan on CPU
 
@@ -62,7 +62,7 @@ def make_static_step(model, config, steps_per_epoch: int, preprocess):
   plan = phases(method, pgd.steps)  # each evaluation's noise key is its index here
 
   def step(state, batch):
-    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), state["step"])
+    key = step_key(config, state)
     k_aug_t, k_aug_v, k_perturb, k_eval = jax.random.split(key, 4)
     x, xv = preprocess(k_aug_t, batch["train_image"]), preprocess(k_aug_v, batch["val_image"])
     y, yv = batch["train_label"], batch["val_label"]

@@ -11,6 +11,7 @@ defined in `sdarts_jax.search.step` and compiled by `sdarts_jax.search.scan_step
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import json
@@ -102,9 +103,10 @@ def build_model(config, num_classes: int):
                            m.bn_momentum, m.get("partial_k", 1), m.get("edge_norm", False))
 
 
-def init_state(model, config, image_shape, steps_per_epoch: int) -> dict:
-  """The search state at step 0. image_shape: (H, W, 3)."""
-  key = jax.random.PRNGKey(config.seed)
+def init_state(model, config, image_shape, steps_per_epoch: int, seed=None) -> dict:
+  """The search state at step 0. image_shape: (H, W, 3); seed: config.seed's stand-in (may
+  be traced: `sdarts_jax.search.seeds` initialises every seed of a run in one program)."""
+  key = jax.random.PRNGKey(config.seed if seed is None else seed)
   k_params, k_alpha, k_noise = jax.random.split(key, 3)
   shapes = model.alpha_shapes()
   alpha = {name: config.alpha.init_scale * jax.random.normal(k, shape)
@@ -192,9 +194,13 @@ def benchmark_for(config):
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Run (or resume) a search; returns the last epoch's record. Raises lifecycle.Preempted after
-  saving a checkpoint when SIGTERM arrives."""
+  """Run (or resume) a search; returns the last epoch's record. Raises lifecycle.Preempted
+  after saving a checkpoint when SIGTERM arrives. A config of several seeds runs with
+  `seeds.train_and_evaluate`."""
   check_config(config)
+  if config.get("seeds", 1) != 1:
+    raise ValueError(f"config.seeds={config.seeds!r}: several seeds run as one program with "
+                     f"sdarts_jax.search.seeds.train_and_evaluate (python -m sdarts_jax.main does)")
   table = benchmark_for(config)
   lifecycle.start(config, workdir)
 
@@ -235,7 +241,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # The loop.
   writer = metrics.MetricWriter(workdir)
   if int(state["step"]) == 0:
-    lifecycle.log(_start_line(config, source, spe, model, mesh))
+    lifecycle.log(start_line(config, source, spe, model, mesh))
   report = EpochReport(config, model, eval_source, infer, sharded, writer, workdir, table,
                        estimate_bn)
   batches_from = lambda start: (pipeline.to_global(batches.batch(*divmod(s, spe)), sharded)
@@ -244,7 +250,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       state, meta, search_task(spe, train_step, batches_from, report, tracker))
 
 
-def _start_line(config, source: pipeline.Source, spe: int, model, mesh) -> str:
+def start_line(config, source: pipeline.Source, spe: int, model, mesh) -> str:
   """What a new search prints before compiling its step."""
   variant = f", second order (H v {config.alpha.hvp})" if config.alpha.order == 2 else ""
   if config.model.get("partial_k", 1) > 1:
@@ -302,6 +308,7 @@ class EpochReport:
   workdir: str
   table: object = None
   estimate_bn: object = None  # config.eval_bn == "clean_batch": `make_bn_estimate`, jitted
+  label: str = ""  # the log line's prefix (a run of several seeds: "seed 3: ")
 
   def __call__(self, state, epoch: int, done: int, means: dict, seconds: float) -> dict:
     """The epoch's record (epoch counts from 0; done: steps done)."""
@@ -337,7 +344,8 @@ class EpochReport:
       genotype.save(geno, _genotype_path(workdir, epoch + 1))
       genotype.save(geno, os.path.join(workdir, "genotype.json"))
     shown = {k: round(v, 4) for k, v in record.items() if isinstance(v, float)}
-    lifecycle.log(f"\nepoch {epoch + 1}/{config.epochs}: {shown}\n  genotype {json.dumps(geno)}")
+    lifecycle.log(f"\n{self.label}epoch {epoch + 1}/{config.epochs}: {shown}\n  genotype "
+                  f"{json.dumps(geno)}")
     return record
 
 
@@ -361,6 +369,13 @@ class HessianTracker:
       self.fn = hessian.Measure(model, options, self.cfg.top_k, self.cfg.lanczos_iters,
                                 self.cfg.trace_samples).on_mesh(mesh)
       self.sharding = parallel.batch_sharded(mesh, axis=1)
+
+  def for_seed(self, seed: int) -> HessianTracker:
+    """A tracker of another seed's search (its own key and history), sharing this one's
+    compiled measurement."""
+    other = copy.copy(self)
+    other.seed, other.history = seed, []
+    return other
 
   def measure(self, state, epoch: int, writer, step_count: int) -> dict:
     if not self.fn or (epoch + 1) % self.cfg.every_epochs:

@@ -213,7 +213,7 @@ def make_step(model, config, steps_per_epoch: int, preprocess):
     validation loss at the unrolled weights), eps, lr, and for adv the clean and attacked
     losses and whether the attack was kept.
   Random numbers (augmentation, RS noise, PGD start, the noise op) come from
-  fold_in(PRNGKey(config.seed), step), so a run reproduces and resumes exactly.
+  `step.step_key` (config.seed and the step count), so a run reproduces and resumes exactly.
   """
   step.check_method(config.method)
   step.check_alpha_step(config.alpha)
@@ -230,7 +230,7 @@ def make_step(model, config, steps_per_epoch: int, preprocess):
   body = _body(model, kinds)
 
   def run(state, batch):
-    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), state["step"])
+    key = step.step_key(config, state)
     k_aug_t, k_aug_v, k_perturb, k_eval = jax.random.split(key, 4)
     xs = (preprocess(k_aug_t, batch["train_image"]), preprocess(k_aug_v, batch["val_image"]))
     ys = (batch["train_label"], batch["val_label"])

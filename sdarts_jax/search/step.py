@@ -123,8 +123,7 @@ def plain_step(model, config, steps_per_epoch: int, preprocess):
   offset = len(plan) - len(phases(config.method, config.perturb.steps))
 
   def step(state, batch):
-    k_aug_t, k_aug_v, k_perturb, k_eval = jax.random.split(
-        jax.random.fold_in(jax.random.PRNGKey(config.seed), state["step"]), 4)
+    k_aug_t, k_aug_v, k_perturb, k_eval = jax.random.split(step_key(config, state), 4)
     train = preprocess(k_aug_t, batch["train_image"]), batch["train_label"]
     val = preprocess(k_aug_v, batch["val_image"]), batch["val_label"]
     eps = optim.eps_at(state["step"], config.perturb, config.epochs, steps_per_epoch)
@@ -192,6 +191,14 @@ def _alpha_gradient(loss, config, state: dict, lr, train, val):
 
 
 # ---------------------------------------------------------------- the phases and checks
+
+def step_key(config, state: dict) -> jax.Array:
+  """The step's random key, fold_in(PRNGKey(seed), state["step"]): seed is the state's own
+  "seed" in a run of several seeds (`sdarts_jax.search.seeds`: traced, one per seed), else
+  config.seed."""
+  seed = state["seed"] if "seed" in state else config.seed
+  return jax.random.fold_in(jax.random.PRNGKey(seed), state["step"])
+
 
 def phases(method: str, pgd_steps: int, order: int = 1, hvp: str = "exact"
            ) -> tuple[str, ...]:
