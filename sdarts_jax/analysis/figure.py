@@ -39,6 +39,9 @@ def define_trajectory_flags() -> None:
   by their configs) and --run (read by `searches`)."""
   flags.DEFINE_integer("hessian_every", 2, "Track lambda_max every this many epochs (0: off).")
   flags.DEFINE_boolean("run", True, "Run (or resume) the searches; --norun only reads them.")
+  flags.DEFINE_integer("seeds", 1, "Seeds per method (config.seeds: one program per method); "
+                       "above 1 the figure and tables are their mean ± std "
+                       "(`sdarts_jax.analysis.seeds`).")
 
 
 def write_json_beside(out: str, payload: dict) -> str:
@@ -57,6 +60,8 @@ def sized(c, f):
   c.data.batch_size, c.data.max_examples = f.batch, f.examples
   c.data.folder = f.data
   c.hessian.batches = f.hessian_batches
+  if "seeds" in f:
+    c.seeds = f.seeds
   c.log_every_steps = 10
   return c
 
@@ -67,12 +72,13 @@ def run_searches(configs: dict, parent: str, command: str) -> dict[str, str]:
   config. Returns method -> workdir. A preemption (SIGTERM) exits naming `command` (a module)
   to rerun; a configuration another run left in a workdir is refused (`lifecycle.check_resume`)."""
   from sdarts_jax.run import lifecycle
-  from sdarts_jax.search import run_search
+  from sdarts_jax.search import run_search, seeds
   workdirs = {}
   for method, config in configs.items():
     workdir = os.path.join(parent, method)
+    several = seeds.is_multi_seed(config)
     try:
-      run_search.train_and_evaluate(config, workdir)
+      (seeds.train_and_evaluate if several else run_search.train_and_evaluate)(config, workdir)
     except lifecycle.Preempted as e:
       sys.exit(f"{e} (python -m {command} with the same flags)")
     workdirs[method] = workdir
@@ -101,9 +107,11 @@ def describe(workdir: str, model: str) -> str:
   from sdarts_jax.run import metrics
   c = metrics.read_json(os.path.join(workdir, "config.json"))
   images = c["data"]["max_examples"] or "all"
+  n = c.get("seeds", 1)
+  seeds = (range(c["seed"], c["seed"] + n) if isinstance(n, int) else n) if n != 1 else [c["seed"]]
   return (f"C={c['model']['channels']}, {model.format(**c['model'])}, batch "
           f"{c['data']['batch_size']}, {images} training images, {c['epochs']} epochs, "
-          f"seed {c['seed']}")
+          f"seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}")
 
 
 def config_for(method: str):

@@ -123,6 +123,7 @@ def config_for(method: str, f):
   c.model.layers = f.layers
   c.hessian.every_epochs = f.hessian_every
   c.nasbench101.file = f.nasbench101
+  c.eval_bn = f.eval_bn
   return c
 
 
@@ -137,11 +138,16 @@ def _main(f) -> None:
   if f.space not in SPACES:
     raise ValueError(f"--space={f.space}; use one of {', '.join(SPACES)}")
   workdirs = figure.searches(f, config_for, "sdarts_jax.analysis.oneshot1_trajectory")
-  runs = collect(workdirs)
-  os.makedirs(os.path.dirname(os.path.abspath(f.out)), exist_ok=True)
   first = next(iter(workdirs.values()))
   saved = metrics.read_json(os.path.join(first, "config.json"))
-  title = f"NAS-Bench-1Shot1 search, {saved['space']}: {figure.describe(first, '{layers} cells')}"
+  title = (f"NAS-Bench-1Shot1 search, {saved['space']}: {figure.describe(first, '{layers} cells')}"
+           f", BN of the evaluation: {saved.get('eval_bn', 'running')}")
+  if f.seeds > 1:
+    from sdarts_jax.analysis import seeds  # it reads runs with this module's read_run
+    print(seeds.report(list(workdirs.values()), f.out, title=title))
+    return
+  runs = collect(workdirs)
+  os.makedirs(os.path.dirname(os.path.abspath(f.out)), exist_ok=True)
   # Runs made before config.eval_bn existed evaluated with the running statistics.
   plot(runs, f.out, title, saved.get("eval_bn", "running"))
   json_path = figure.write_json_beside(f.out, {"title": title, "runs": runs})
@@ -156,6 +162,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("layers", 3, "Cells (3 stacks; the reference: 9).")
   flags.DEFINE_string("nasbench101", "", "nasbench_only108.tfrecord: score the derived cell "
                       "(test regret) every epoch.")
+  flags.DEFINE_string("eval_bn", "running", "BatchNorm statistics of the one-shot validation "
+                      "error (config.eval_bn): running or clean_batch.")
   figure.define_trajectory_flags()
 
 

@@ -146,11 +146,13 @@ def tables(groups: dict[str, dict]) -> str:
 
 
 def plot(groups: dict[str, dict], out: str, references: dict[str, float] | None = None,
-         title: str = "") -> None:
-  """One panel per quantity the runs have (the mixing weights left out): per method the mean
-  over seeds against epoch, with a band of ± one standard deviation."""
+         title: str = "", dataset: str = "cifar10") -> None:
+  """One panel per quantity the runs have (of NAS-Bench-201's accuracies only `dataset`'s,
+  with the references; the mixing weights left out): per method the mean over seeds against
+  epoch, with a band of ± one standard deviation."""
+  import matplotlib
   import matplotlib.pyplot as plt
-  keys = [k for k in present(groups) if not k.startswith("A_")]
+  keys = [k for k in present(groups) if not k.startswith(("A_", "nb201_")) or k == f"nb201_{dataset}"]
   fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 5), dpi=120, squeeze=False)
   for ax, k in zip(axes[0], keys):
     for i, (label, g) in enumerate(groups.items()):
@@ -161,11 +163,12 @@ def plot(groups: dict[str, dict], out: str, references: dict[str, float] | None 
       ax.plot(e, m, marker="o", markersize=3, color=f"C{i}",
               label=f"{label}, {len(g['seeds'])} seeds")
       ax.fill_between(e, m - s, m + s, color=f"C{i}", alpha=0.2, linewidth=0)
-    if k.startswith("nb201_") and references:
+    if k.startswith("nb201_") and references:  # the references are `dataset`'s
       for j, (name, value) in enumerate(references.items()):
         ax.axhline(value, color="0.45", linewidth=1, linestyle=("--", ":")[j % 2],
                    label=f"{name} ({value:.2f})")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel(QUANTITIES[k] + ", mean ± std")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2,
@@ -186,7 +189,7 @@ def report(workdirs: list[str], out: str, table_path: str = "", dataset: str = "
   if refs is not None:
     refs = {"best cell": refs["best"], "all skip_connect": refs["all_skip_connect"]}
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  plot(groups, out, refs, title)
+  plot(groups, out, refs, title, dataset)
   keys = present(groups)
   figure.write_json_beside(out, {
       "title": title, "references": refs,

@@ -186,11 +186,15 @@ def _main(f) -> None:
     raise ValueError(f"--dataset={f.dataset}; use one of {', '.join(DATASET_NAMES)}")
   table = nb201.Table.load(os.path.expanduser(f.table))
   workdirs = figure.searches(f, config_for, "sdarts_jax.analysis.trajectory")
+  size = figure.describe(next(iter(workdirs.values())), "{cells_per_stage} cell(s) per stage")
+  title = f"NAS-Bench-201 search on {DATASET_NAMES[f.dataset]}: {size}"
+  if f.seeds > 1:
+    from sdarts_jax.analysis import seeds  # it reads runs with this module's read_run
+    print(seeds.report(list(workdirs.values()), f.out, f.table, f.dataset, title))
+    return
   runs = collect(workdirs, table)
   refs = references(table, f.dataset)
   os.makedirs(os.path.dirname(os.path.abspath(f.out)), exist_ok=True)
-  size = figure.describe(next(iter(workdirs.values())), "{cells_per_stage} cell(s) per stage")
-  title = f"NAS-Bench-201 search on {DATASET_NAMES[f.dataset]}: {size}"
   plot(runs, f.dataset, refs, f.out, title)
   json_path = figure.write_json_beside(f.out, {"dataset": f.dataset, "title": title,
                                               "references": refs, "runs": runs})
