@@ -152,7 +152,8 @@ def plot(groups: dict[str, dict], out: str, references: dict[str, float] | None 
   epoch, with a band of ± one standard deviation."""
   import matplotlib
   import matplotlib.pyplot as plt
-  keys = [k for k in present(groups) if not k.startswith(("A_", "nb201_")) or k == f"nb201_{dataset}"]
+  keys = [k for k in present(groups)
+          if not k.startswith(("A_", "nb201_")) or k == f"nb201_{dataset}"]
   fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 5), dpi=120, squeeze=False)
   for ax, k in zip(axes[0], keys):
     for i, (label, g) in enumerate(groups.items()):

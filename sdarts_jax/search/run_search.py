@@ -200,7 +200,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   check_config(config)
   if config.get("seeds", 1) != 1:
     raise ValueError(f"config.seeds={config.seeds!r}: several seeds run as one program with "
-                     f"sdarts_jax.search.seeds.train_and_evaluate (python -m sdarts_jax.main does)")
+                     f"seeds.train_and_evaluate (python -m sdarts_jax.main does)")
   table = benchmark_for(config)
   lifecycle.start(config, workdir)
 

@@ -171,9 +171,9 @@ class Writers:
 # ---------------------------------------------------------------- the run
 
 def train_and_evaluate(config, workdir: str) -> list[dict]:
-  """Run (or resume) the searches of config.seeds as one program (`run_search.train_and_evaluate`
-  calls this when config.seeds names several); returns each seed's last epoch record ({} for
-  a seed frozen before it)."""
+  """Run (or resume) the searches of config.seeds as one program (what `sdarts_jax.main` runs
+  when config.seeds names several); returns each seed's last epoch record ({} for a seed
+  frozen before it)."""
   run_search.check_config(config)
   check_config(config)
   seeds = seed_list(config)
@@ -268,8 +268,8 @@ def seeds_task(seeds: list[int], steps_per_epoch: int, train_step, batches_from,
       latest = ckpt.latest_step()
       kept = (f"the last good checkpoint (step {latest}) is kept in {workdir}/checkpoints"
               if latest is not None else "no checkpoint has been saved yet")
-      raise lifecycle.RunError(f"every seed's metrics are non-finite (step {done}). The run stops; "
-                         f"{kept}.")
+      raise lifecycle.RunError(f"every seed's metrics are non-finite (step {done}). The run "
+                               f"stops; {kept}.")
 
   def checkpoint_record(done, epochs_done):
     return {**loop.epoch_record(done, epochs_done),
