@@ -162,8 +162,9 @@ def search_programs(config, mesh) -> list[Program]:
   from sdarts_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   from sdarts_jax.model import supernet  # pylint: disable=import-outside-toplevel
   from sdarts_jax.run import parallel  # pylint: disable=import-outside-toplevel
-  from sdarts_jax.search import accel_step, hessian, run_search  # pylint: disable=import-outside-toplevel
+  from sdarts_jax.search import accel_step, hessian, run_search, seeds  # pylint: disable=import-outside-toplevel
   run_search.check_config(config)
+  seeds.check_config(config)
   rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   size = 32 if config.data.name != "synthetic" else config.data.image_size
   image_shape, num_classes = (size, size, 3), 100 if config.data.name == "cifar100" else 10
@@ -180,8 +181,22 @@ def search_programs(config, mesh) -> list[Program]:
   labels = lambda n: jax.ShapeDtypeStruct((n,), jnp.int32, sharding=shard)
   batch = {"train_image": images(b), "train_label": labels(b), "val_image": images(b),
            "val_label": labels(b)}
-  train_step = jax.jit(run_search.make_train_step(model, config, spe, source, "tpu"),
-                       in_shardings=(rep, shard), out_shardings=(rep, rep), donate_argnums=0)
+  one_seed_step = run_search.make_train_step(model, config, spe, source, "tpu")
+  step_factor = step_loop_factor(config, accel_step.step_kind(config, "tpu"))
+  n_seeds = len(seeds.seed_list(config))
+  if n_seeds == 1:
+    step_state, step_batch, step_shard, train_fn = state, batch, shard, one_seed_step
+  else:  # the step of several seeds (`seeds.train_and_evaluate`): batch [S, B, ...]
+    step_state = _abstract(jax.eval_shape(lambda: seeds.init_states(
+        model, config, image_shape, spe, seeds.seed_list(config))), rep)
+    step_shard = parallel.batch_sharded(mesh, axis=1)
+    step_batch = {k: jax.ShapeDtypeStruct((n_seeds,) + v.shape, v.dtype, sharding=step_shard)
+                  for k, v in batch.items()}
+    axis = seeds.seed_axis(config, "tpu")
+    train_fn = seeds.make_step(one_seed_step, axis)
+    step_factor *= n_seeds if axis == "map" else 1  # lax.map: a loop over the seeds
+  train_step = jax.jit(train_fn, in_shardings=(rep, step_shard), out_shardings=(rep, rep),
+                       donate_argnums=0)
   A = _abstract(jax.eval_shape(supernet.mixing_weights, state["alpha"]), rep)
   eval_batch = {"image": images(b), "label": labels(b),
                 "valid": jax.ShapeDtypeStruct((b,), jnp.bool_, sharding=shard)}
@@ -200,13 +215,13 @@ def search_programs(config, mesh) -> list[Program]:
   dim = sum(math.prod(a.shape) for a in jax.tree.leaves(state["alpha"]))
   hvps = (min(h.lanczos_iters, dim),) + ((h.trace_samples,) if h.trace_samples else ())
   return [
-      Program("step", lambda: train_step.lower(state, batch), config.epochs * spe, b,
-              step_loop_factor(config, accel_step.step_kind(config, "tpu"))),
+      Program("step", lambda: train_step.lower(step_state, step_batch), config.epochs * spe,
+              b * n_seeds, step_factor),
       Program("infer", lambda: infer.lower(state["params"], state["batch_stats"], A, eval_batch),
-              epochs_evaluated * math.ceil(alpha_half / b), b),
+              n_seeds * epochs_evaluated * math.ceil(alpha_half / b), b),
       Program("hessian", lambda: measure.lower(state["params"], state["batch_stats"],
                                                state["alpha"], h_images, h_labels, key),
-              measured, b, loop_factor(hvps)),
+              n_seeds * measured, b, loop_factor(hvps)),
   ]
 
 
