@@ -178,3 +178,36 @@ def test_seed_list():
     seeds.check_config(tiny_config("darts", seeds=2, **{"hessian.early_stop": True}))
   with pytest.raises(ValueError, match="several seeds run as one program"):
     run_search.train_and_evaluate(tiny_config("darts", seeds=2), "unused")
+
+
+@pytest.mark.parametrize("config_file, arg, axis, overrides", [
+    ("nb201_search", "method=adv", "vmap", {"model.cells_per_stage": 1, "perturb.steps": 2}),
+    ("1shot1_search", "method=darts,space=ss1", "map", {"model.layers": 1}),
+])
+def test_the_other_spaces_step_each_seed_as_its_own_step(config_file, arg, axis, overrides):
+  """NAS-Bench-201 (ADV, vmapped) and 1Shot1 (DARTS, mapped): each seed of one step of two
+  seeds is that seed's one-seed step."""
+  from conftest import override
+  from sdarts_jax import defaults
+  from sdarts_jax.data import pipeline
+  config = override(defaults.from_file(config_file, arg), {
+      "model.channels": 4, "data.name": "synthetic", "data.image_size": 8,
+      "data.synthetic_examples": 32, "data.batch_size": 8, **overrides})
+  source = pipeline.load(config.data, "train")
+  model = run_search.build_model(config, source.num_classes)
+  one = run_search.make_train_step(model, config, 2, source)
+  shape = source.images.shape[1:]
+  state = jax.jit(lambda: seeds.init_states(model, config, shape, 2, [2, 5]))()
+  batch = seeds.Batches(source, config, [2, 5]).batch(0, 0)
+  both, m = jax.jit(seeds.make_step(one, axis))(state, batch)
+  assert both["alive"].tolist() == [True, True]
+  one = jax.jit(one)
+  for i in range(2):
+    mine = jax.tree.map(lambda x: x[i], state["seeds"])
+    want, want_m = one(mine, {k: v[i] for k, v in batch.items()})
+    # The same step on the same numbers, looped or batched: float32 roundings only.
+    for g, w in zip(jax.tree.leaves(jax.tree.map(lambda x: x[i], both["seeds"])),
+                    jax.tree.leaves(want), strict=True):
+      g, w = np.asarray(g, np.float64), np.asarray(w, np.float64)
+      assert np.max(np.abs(g - w), initial=0.0) <= 1e-5 * max(np.max(np.abs(w)), 1e-30)
+    assert m["train_loss"][i] == pytest.approx(float(want_m["train_loss"]), rel=1e-5)

@@ -148,8 +148,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # Model and state.
   model = build_model(config, inputs.num_classes)
-  init = jax.jit(lambda: init_state(model, config, inputs.image_shape, spe),
-                 out_shardings=replicated)
+  init = loop.compile_init(lambda: init_state(model, config, inputs.image_shape, spe),
+                           replicated)
   num_params = network.count_params(jax.eval_shape(init)["params"])
 
   # Compiled functions.

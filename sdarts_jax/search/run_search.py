@@ -213,8 +213,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # Model and state.
   model = build_model(config, source.num_classes)
-  init = jax.jit(lambda: init_state(model, config, source.images.shape[1:], spe),
-                 out_shardings=replicated)
+  init = loop.compile_init(lambda: init_state(model, config, source.images.shape[1:], spe),
+                           replicated)
 
   # Compiled functions.
   train_step = loop.compile_step(make_train_step(model, config, spe, source), replicated,

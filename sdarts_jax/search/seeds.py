@@ -93,7 +93,9 @@ def init_states(model, config, image_shape, steps_per_epoch: int, seeds: list[in
     return dict(run_search.init_state(model, config, image_shape, steps_per_epoch, seed),
                 seed=seed)
 
-  return {"seeds": jax.vmap(one)(jnp.asarray(seeds, jnp.int32)),
+  # lax.map: one supernet initialisation compiled (vmap batched its convolutions, slow to
+  # compile on CPU), run once per seed.
+  return {"seeds": lax.map(one, jnp.asarray(seeds, jnp.int32)),
           "alive": jnp.ones(len(seeds), jnp.bool_), "step": jnp.zeros((), jnp.int32)}
 
 
@@ -189,8 +191,8 @@ def train_and_evaluate(config, workdir: str) -> list[dict]:
   batches = Batches(source, config, seeds)
   spe = batches.steps_per_epoch
   model = run_search.build_model(config, source.num_classes)
-  init = jax.jit(lambda: init_states(model, config, source.images.shape[1:], spe, seeds),
-                 out_shardings=replicated)
+  init = loop.compile_init(
+      lambda: init_states(model, config, source.images.shape[1:], spe, seeds), replicated)
 
   train_step = loop.compile_step(
       make_step(run_search.make_train_step(model, config, spe, source), seed_axis(config)),
