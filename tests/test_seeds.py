@@ -98,19 +98,25 @@ def test_seeds_see_their_own_data_order_and_noise(rs_step):
       np.testing.assert_array_equal(x[0], x[1])
 
 
+# A step batched over seeds (vmap) against the one-seed step: XLA orders the convolutions'
+# sums differently, a float32 rounding (~1e-7) of each sum's absolute terms. After one step
+# an array is a learning rate times such sums; a BatchNorm bias's gradient sums N*H*W terms
+# that cancel to about a hundredth of their absolute sum (observed: 1.2e-5 of the array's
+# scale, a 1Shot1 BN bias), hence 1e-4 of each array's largest entry.
+VMAP_TOL = 1e-4
+
+
 def test_map_and_vmap_agree(rs_step):
   config, state, batches, steps = rs_step
   b = seeds.Batches(batches.source, config, [2, 5]).batch(0, 1)
   (a, ma), (v, mv) = (steps[axis](stacked(state, [2, 5]), b) for axis in ("map", "vmap"))
-  # The same one-seed step, batched or looped: float32 roundings of convolutions whose
-  # batch is laid out differently, well under 1e-5 of each leaf's scale.
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(v)):
     if np.issubdtype(np.asarray(x).dtype, np.floating):
       x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-      assert np.max(np.abs(x - y)) <= 1e-5 * max(np.max(np.abs(y)), 1e-30)
+      assert np.max(np.abs(x - y)) <= VMAP_TOL * max(np.max(np.abs(y)), 1e-30)
     else:
       np.testing.assert_array_equal(x, y)
-  np.testing.assert_allclose(ma["train_loss"], mv["train_loss"], rtol=1e-5)
+  np.testing.assert_allclose(ma["train_loss"], mv["train_loss"], rtol=1e-6)  # a mean of logs
 
 
 def test_a_diverged_seed_is_frozen_and_the_others_go_on(rs_step):
@@ -181,12 +187,14 @@ def test_seed_list():
 
 
 @pytest.mark.parametrize("config_file, arg, axis, overrides", [
-    ("nb201_search", "method=adv", "vmap", {"model.cells_per_stage": 1, "perturb.steps": 2}),
-    ("1shot1_search", "method=darts,space=ss1", "map", {"model.layers": 1}),
+    ("nb201_search", "method=adv", "map", {"model.cells_per_stage": 1, "perturb.steps": 2}),
+    ("1shot1_search", "method=rs,space=ss1", "vmap", {"model.layers": 1}),
 ])
 def test_the_other_spaces_step_each_seed_as_its_own_step(config_file, arg, axis, overrides):
-  """NAS-Bench-201 (ADV, vmapped) and 1Shot1 (DARTS, mapped): each seed of one step of two
-  seeds is that seed's one-seed step."""
+  """NAS-Bench-201 (ADV, mapped) and 1Shot1 (RS, vmapped): each seed of one step of two
+  seeds is that seed's one-seed step. (ADV is not vmapped here: batched convolutions round
+  differently, and PGD's sign steps can turn a rounding into a whole step; the vmapped
+  steps are compared on RS, whose perturbation is continuous.)"""
   from conftest import override
   from sdarts_jax import defaults
   from sdarts_jax.data import pipeline
@@ -205,9 +213,11 @@ def test_the_other_spaces_step_each_seed_as_its_own_step(config_file, arg, axis,
   for i in range(2):
     mine = jax.tree.map(lambda x: x[i], state["seeds"])
     want, want_m = one(mine, {k: v[i] for k, v in batch.items()})
-    # The same step on the same numbers, looped or batched: float32 roundings only.
-    for g, w in zip(jax.tree.leaves(jax.tree.map(lambda x: x[i], both["seeds"])),
-                    jax.tree.leaves(want), strict=True):
+    # The same step on the same numbers, looped or batched: float32 roundings only, within
+    # VMAP_TOL of each array's scale (mapped: observed bit-equal).
+    got = jax.tree_util.tree_flatten_with_path(jax.tree.map(lambda x: x[i], both["seeds"]))[0]
+    for (path, g), w in zip(got, jax.tree.leaves(want), strict=True):
       g, w = np.asarray(g, np.float64), np.asarray(w, np.float64)
-      assert np.max(np.abs(g - w), initial=0.0) <= 1e-5 * max(np.max(np.abs(w)), 1e-30)
+      assert np.max(np.abs(g - w), initial=0.0) <= VMAP_TOL * max(np.max(np.abs(w)), 1e-30), (
+          jax.tree_util.keystr(path))
     assert m["train_loss"][i] == pytest.approx(float(want_m["train_loss"]), rel=1e-5)
