@@ -221,3 +221,36 @@ def test_the_other_spaces_step_each_seed_as_its_own_step(config_file, arg, axis,
       assert np.max(np.abs(g - w), initial=0.0) <= VMAP_TOL * max(np.max(np.abs(w)), 1e-30), (
           jax.tree_util.keystr(path))
     assert m["train_loss"][i] == pytest.approx(float(want_m["train_loss"]), rel=1e-5)
+
+
+def test_the_aggregation_gives_mean_and_std_over_seeds(tmp_path):
+  """`analysis.seeds.report` on a two-seed workdir and a one-seed workdir of the same method
+  (pooled): the per-epoch mean and sample std of hand-written values, every seed's final
+  cell, a figure."""
+  from sdarts_jax.analysis import seeds as aggregate
+  values = {2: (0.5, 0.1), 3: (0.7, 0.4), 9: (0.9, 0.7)}  # seed: (eval_accuracy, lambda_max)
+  cell = {"normal": [["skip_connect", 0]], "reduce": [["sep_conv_3x3", 1]]}
+  folders = {}
+  for workdir, config_seeds in (("two", 2), ("one", 1)):
+    base = {"method": "rs", "space": "s3", "seed": 2 if config_seeds == 2 else 9,
+            "seeds": config_seeds}
+    os.makedirs(tmp_path / workdir)
+    metrics.write_json(str(tmp_path / workdir / "config.json"), base)
+    folders.update(aggregate.seed_folders(str(tmp_path / workdir)))
+  assert sorted(folders) == [2, 3, 9] and folders[9] == str(tmp_path / "one")
+  for seed, (accuracy, lam) in values.items():
+    os.makedirs(folders[seed], exist_ok=True)
+    with open(os.path.join(folders[seed], "metrics.jsonl"), "w") as f:
+      f.write(json.dumps({"kind": "epoch", "step": 4, "epoch": 1, "genotype": cell,
+                          "eval_accuracy": accuracy}) + "\n")
+      f.write(json.dumps({"kind": "hessian", "step": 4, "epoch": 1,
+                          "hessian_lambda_max": lam}) + "\n")
+  out = str(tmp_path / "fig.png")
+  text = aggregate.report([str(tmp_path / "two"), str(tmp_path / "one")], out)
+  summary = metrics.read_json(str(tmp_path / "fig.json"))["methods"]["SDARTS-RS (s3)"]["summary"]
+  epoch, mean, std, n = summary["lambda_max"][0]
+  assert (epoch, n) == (1, 3)
+  assert mean == pytest.approx(0.4) and std == pytest.approx(0.3)  # sample std of .1 .4 .7
+  assert summary["eval_accuracy"][0][1:3] == pytest.approx([0.7, 0.2])
+  assert "| SDARTS-RS (s3) | 9 | 1 | `normal: skip_connect; reduce: sep_conv_3x3` |" in text
+  assert os.path.getsize(out) > 0
