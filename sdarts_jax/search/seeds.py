@@ -93,8 +93,7 @@ def init_states(model, config, image_shape, steps_per_epoch: int, seeds: list[in
     return dict(run_search.init_state(model, config, image_shape, steps_per_epoch, seed),
                 seed=seed)
 
-  # lax.map: one supernet initialisation compiled (vmap batched its convolutions, slow to
-  # compile on CPU), run once per seed.
+  # lax.map: the one-seed initialisation compiled once and run for each seed.
   return {"seeds": lax.map(one, jnp.asarray(seeds, jnp.int32)),
           "alive": jnp.ones(len(seeds), jnp.bool_), "step": jnp.zeros((), jnp.int32)}
 
@@ -102,7 +101,8 @@ def init_states(model, config, image_shape, steps_per_epoch: int, seeds: list[in
 def make_step(one_seed_step: Callable, axis: str) -> Callable:
   """step(state, batch) -> (state, metrics [S]) of a run of several seeds.
 
-  one_seed_step(state, batch) -> (state, metrics): one seed's step (`run_search.make_train_step`).
+  one_seed_step(state, batch) -> (state, metrics): one seed's step
+  (`run_search.make_train_step`).
   batch: the one-seed batch's entries stacked, [S, B, ...]. axis: "map" or "vmap".
   A seed whose metrics or new state are not finite, or that was frozen before, keeps its
   state; its metrics are NaN from the step it failed on.
@@ -198,7 +198,8 @@ def train_and_evaluate(config, workdir: str) -> list[dict]:
       make_step(run_search.make_train_step(model, config, spe, source), seed_axis(config)),
       replicated, stacked)
   state_of = jax.jit(take, out_shardings=replicated)
-  infer = jax.jit(lambda p, s, A, b, seed: run_search.make_infer(model, source, seed)(p, s, A, b),
+  infer = jax.jit(lambda p, s, A, b, seed: run_search.make_infer(model, source, seed)(
+                      p, s, A, b),
                   in_shardings=(replicated, replicated, replicated, sharded, replicated),
                   out_shardings=replicated)
   estimate_bn = None
@@ -218,7 +219,7 @@ def train_and_evaluate(config, workdir: str) -> list[dict]:
   writers = Writers(workdir, seeds)
   if int(state["step"]) == 0:
     lifecycle.log(f"{len(seeds)} seeds ({', '.join(map(str, seeds))}) as one program "
-            f"({seed_axis(config)}); outputs in {seed_dir(workdir, '<seed>')}")
+                  f"({seed_axis(config)}); outputs in {seed_dir(workdir, '<seed>')}")
     lifecycle.log(run_search.start_line(config, source, spe, model, mesh))
   reports = [run_search.EpochReport(
       config, model, eval_source, _bind_seed(infer, s), sharded, w, seed_dir(workdir, s),
