@@ -191,6 +191,7 @@ def _main(f) -> None:
   if f.seeds > 1:
     from sdarts_jax.analysis import seeds  # it reads runs with this module's read_run
     print(seeds.report(list(workdirs.values()), f.out, f.table, f.dataset, title))
+    print(f"\nwrote {f.out} and {os.path.splitext(f.out)[0]}.json")
     return
   runs = collect(workdirs, table)
   refs = references(table, f.dataset)
