@@ -60,8 +60,7 @@ def sized(c, f):
   c.data.batch_size, c.data.max_examples = f.batch, f.examples
   c.data.folder = f.data
   c.hessian.batches = f.hessian_batches
-  if "seeds" in f:
-    c.seeds = f.seeds
+  c.seeds = getattr(f, "seeds", 1)  # the trajectory figures' --seeds
   c.log_every_steps = 10
   return c
 

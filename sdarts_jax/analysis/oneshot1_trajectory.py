@@ -142,7 +142,7 @@ def _main(f) -> None:
   saved = metrics.read_json(os.path.join(first, "config.json"))
   title = (f"NAS-Bench-1Shot1 search, {saved['space']}: {figure.describe(first, '{layers} cells')}"
            f", BN of the evaluation: {saved.get('eval_bn', 'running')}")
-  if f.seeds > 1:
+  if getattr(f, "seeds", 1) > 1:
     from sdarts_jax.analysis import seeds  # it reads runs with this module's read_run
     print(seeds.report(list(workdirs.values()), f.out, title=title))
     print(f"\nwrote {f.out} and {os.path.splitext(f.out)[0]}.json")

@@ -188,7 +188,7 @@ def _main(f) -> None:
   workdirs = figure.searches(f, config_for, "sdarts_jax.analysis.trajectory")
   size = figure.describe(next(iter(workdirs.values())), "{cells_per_stage} cell(s) per stage")
   title = f"NAS-Bench-201 search on {DATASET_NAMES[f.dataset]}: {size}"
-  if f.seeds > 1:
+  if getattr(f, "seeds", 1) > 1:
     from sdarts_jax.analysis import seeds  # it reads runs with this module's read_run
     print(seeds.report(list(workdirs.values()), f.out, f.table, f.dataset, title))
     print(f"\nwrote {f.out} and {os.path.splitext(f.out)[0]}.json")
