@@ -123,7 +123,7 @@ def config_for(method: str, f):
   c.model.layers = f.layers
   c.hessian.every_epochs = f.hessian_every
   c.nasbench101.file = f.nasbench101
-  c.eval_bn = f.eval_bn
+  c.eval_bn = f.eval_bn or c.eval_bn
   return c
 
 
@@ -163,8 +163,9 @@ def define_flags() -> None:
   flags.DEFINE_integer("layers", 3, "Cells (3 stacks; the reference: 9).")
   flags.DEFINE_string("nasbench101", "", "nasbench_only108.tfrecord: score the derived cell "
                       "(test regret) every epoch.")
-  flags.DEFINE_string("eval_bn", "running", "BatchNorm statistics of the one-shot validation "
-                      "error (config.eval_bn): running or clean_batch.")
+  flags.DEFINE_string("eval_bn", "", "BatchNorm statistics of the one-shot validation "
+                      "error (config.eval_bn): running or clean_batch (default: the "
+                      "config's, clean_batch).")
   figure.define_trajectory_flags()
 
 
