@@ -12,7 +12,9 @@ compares them). The run's state gets a leading seed axis,
 and the step maps the one-seed step (`run_search.make_train_step`) over that axis, by
 config.seed_axis: "map" (`lax.map`: one seed after the other, in one compiled body; the cost
 of S one-seed steps, what CPUs want) or "vmap" (`jax.vmap`: every seed in one batched
-program, what fills an accelerator); "auto" picks map on CPU and vmap on TPU and GPU. The
+program, for accelerators, where it amortises launches and small kernels; it does not cut
+the step's memory traffic per seed, docs/seeds.md); "auto" picks map on CPU and vmap on TPU
+and GPU. The
 global batch [S, B, ...] is sharded over the mesh's data axis (dimension 1), the state
 replicated.
 
