@@ -137,10 +137,15 @@ def check_finite(values: dict[str, float], step: int, ckpt, workdir: str) -> Non
   """RunError if a metric is NaN or infinite; the last good checkpoint, if any, stays on
   disk."""
   if not all(math.isfinite(v) for v in values.values()):
-    latest = ckpt.latest_step()
-    kept = (f"the last good checkpoint (step {latest}) is kept in {workdir}/checkpoints"
-            if latest is not None else "no checkpoint has been saved yet")
-    raise RunError(f"non-finite metrics at step {step}: {values}. The run stops; {kept}.")
+    raise RunError(f"non-finite metrics at step {step}: {values}. The run stops; "
+                   f"{kept_checkpoint(ckpt, workdir)}.")
+
+
+def kept_checkpoint(ckpt, workdir: str) -> str:
+  """What a run stopping on non-finite metrics leaves: its last good checkpoint, if any."""
+  latest = ckpt.latest_step()
+  return (f"the last good checkpoint (step {latest}) is kept in {workdir}/checkpoints"
+          if latest is not None else "no checkpoint has been saved yet")
 
 
 def enable_compilation_cache(directory: str) -> None:

@@ -270,11 +270,8 @@ def seeds_task(seeds: list[int], steps_per_epoch: int, train_step, batches_from,
                    f"finite state and the other seeds go on")
     reported[:] |= bad
     if reported.all():
-      latest = ckpt.latest_step()
-      kept = (f"the last good checkpoint (step {latest}) is kept in {workdir}/checkpoints"
-              if latest is not None else "no checkpoint has been saved yet")
       raise lifecycle.RunError(f"every seed's metrics are non-finite (step {done}). The run "
-                               f"stops; {kept}.")
+                               f"stops; {lifecycle.kept_checkpoint(ckpt, workdir)}.")
 
   def checkpoint_record(done, epochs_done):
     return {**loop.epoch_record(done, epochs_done),
