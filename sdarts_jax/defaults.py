@@ -147,6 +147,10 @@ def search_config(method: str) -> ml_collections.ConfigDict:
   c.seed_axis = "auto"       # how the seeds share the program: auto (map on CPU, vmap on
                              # TPU/GPU), map (one after the other) or vmap (batched)
   c.epochs = 50
+  # What the supernet computes in: float32, or bfloat16 activations and convolutions with
+  # float32 parameters, alpha, optimizer states, BatchNorm statistics and logits (for
+  # TPUs, docs/tpu.md); the Hessian is measured in float32 either way.
+  c.dtype = "float32"
   c.model = supernet_config()
   c.data = data_config()
   # Cutout during search (the reference's --cutout, --cutout_length, --cutout_prob), off

@@ -398,7 +398,7 @@ def check(config, topology: str, programs: list[str], effort: float = 0.0,
     if programs and program.name not in programs:
       continue
     log(f"compiling {program.name} for {topology} ({len(devices)} chips, impl "
-        f"{config.model.impl})...")
+        f"{config.model.impl}, {config.get('dtype', 'float32')})...")
     v, _ = compile_program(program, chip, len(devices), effort)
     log(f"  {program.name}: lowered in {v.lower_s:.1f} s, compiled in {v.compile_s:.1f} s "
         f"({v.compile_cpu_s:.1f} s of CPU), "

@@ -171,7 +171,9 @@ class BatchNorm(nn.Module):
   `train` may be a traced boolean, so one compiled graph serves both modes: True normalises
   with batch statistics and updates the running ones (as PyTorch's train mode, including
   the unbiased variance in the running update); False uses the running statistics. The
-  running statistics are only written when `batch_stats` is mutable in `apply`.
+  running statistics are only written when `batch_stats` is mutable in `apply`. A bfloat16
+  x (config.dtype) is normalised in float32 and returned in bfloat16; the statistics are
+  float32 always.
 
   Attributes:
     affine: learn a scale and bias (the stem and evaluation networks) or not (search ops).
@@ -188,6 +190,7 @@ class BatchNorm(nn.Module):
     features = x.shape[3:]
     running_mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32)
     running_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
+    out_dtype, x = x.dtype, x.astype(jnp.float32)  # bfloat16 in and out, float32 inside
     mean, var = _statistics(x, train, running_mean.value, running_var.value)
     if self.is_mutable_collection("batch_stats") and not self.is_initializing():
       count = x.shape[0] * x.shape[1] * x.shape[2]
@@ -201,7 +204,7 @@ class BatchNorm(nn.Module):
     if self.affine:
       y = y * self.param("scale", nn.initializers.ones, features)
       y = y + self.param("bias", nn.initializers.zeros, features)
-    return y
+    return y.astype(out_dtype)
 
 
 def _statistics(x: jax.Array, train, running_mean: jax.Array, running_var: jax.Array):
@@ -271,7 +274,8 @@ def avg_pool_3x3(x: jax.Array, stride: int) -> jax.Array:
   count_include_pad=False). [N,H,W,C] -> [N,H',W',C]."""
   total = lax.reduce_window(x, 0.0, lax.add, (1, 3, 3, 1), (1, stride, stride, 1),
                             [(0, 0), (1, 1), (1, 1), (0, 0)])
-  return total / _window_counts(x.shape[1], x.shape[2], stride)[None, :, :, None]
+  counts = _window_counts(x.shape[1], x.shape[2], stride)[None, :, :, None]
+  return total / counts.astype(x.dtype)
 
 
 @functools.lru_cache(maxsize=None)

@@ -17,6 +17,9 @@ with `mutable=["batch_stats"]` to receive the updated running statistics. `need`
 possibly traced; a `kernels.Need`, by default ALL_GRADS) says
 which gradients a backward pass through the convolutions must compute. Spaces with the
 `noise` op need `rngs={"noise": key}`.
+
+Every supernet computes in its `dtype` (config.dtype, `MixedPrecision`): float32, or bfloat16
+activations and convolutions with float32 parameters, A, BatchNorm statistics and logits.
 """
 from __future__ import annotations
 
@@ -27,6 +30,35 @@ from jax import lax
 
 from sdarts_jax.model import kernels, nb101_cell, ops, spaces
 from sdarts_jax.model.kernels import Need
+
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(name: str):
+  """The jnp dtype that config.dtype = `name` computes in; ValueError for another name."""
+  if name not in DTYPES:
+    raise ValueError(f"config.dtype={name!r}; use one of {', '.join(DTYPES)}")
+  return DTYPES[name]
+
+
+class MixedPrecision(nn.Module):
+  """The supernets' base: `apply` evaluates the network in the subclass's field `dtype` (a
+  name of `DTYPES`). For bfloat16 it casts the float32 parameters, the images and A to
+  bfloat16 on the way in, so that activations and convolutions run in bfloat16 while the
+  state (parameters, alpha, optimizer states) stays float32 and gradients come back in
+  float32 through the casts; BatchNorm normalises and keeps its statistics in float32
+  (`ops.BatchNorm`) and the classifier returns float32 logits (`classifier`). For float32
+  `apply` is Flax's own."""
+
+  @nn.nowrap
+  def apply(self, variables, x, A, *args, **kwargs):
+    dtype = compute_dtype(self.dtype)
+    if dtype != jnp.float32:
+      cast = lambda tree: jax.tree.map(lambda v: jnp.asarray(v, dtype), tree)
+      variables = {**variables, "params": cast(variables["params"])}
+      x, A = jnp.asarray(x, dtype), cast(A)
+    return super().apply(variables, x, A, *args, **kwargs)
 
 
 def mixing_weights(alpha):
@@ -131,7 +163,7 @@ def classifier(module: nn.Module, x, num_classes: int):
   fan_in = features.shape[-1]
   kernel = module.param("classifier_kernel", ops.torch_uniform(fan_in), (fan_in, num_classes))
   bias = module.param("classifier_bias", ops.torch_uniform(fan_in), (num_classes,))
-  return features @ kernel + bias
+  return (features @ kernel + bias).astype(jnp.float32)
 
 
 class Cell(nn.Module):
@@ -167,7 +199,7 @@ class Cell(nn.Module):
     return jnp.concatenate(nodes, axis=-1)
 
 
-class Supernet(nn.Module):
+class Supernet(MixedPrecision):
   """Stem, `layers` cells (reduction at layers//3 and 2*layers//3), global pool, dense.
 
   Attributes:
@@ -183,6 +215,7 @@ class Supernet(nn.Module):
     edge_norm: PC-DARTS's edge normalisation: A also holds, per cell type and node, the
       weights of the node's incoming edges (`spaces.edge_norm_shapes`), which scale the
       edges' outputs. The official SDARTS code has none.
+    dtype: what the network computes in, a name of `DTYPES` (`MixedPrecision`).
   """
   space: spaces.SearchSpace
   num_classes: int
@@ -193,6 +226,7 @@ class Supernet(nn.Module):
   bn_momentum: float = 0.9
   partial_k: int = 1
   edge_norm: bool = False
+  dtype: str = "float32"
 
   def alpha_shapes(self) -> dict[str, tuple[int, int]]:
     """The arrays of alpha (and of A) by key: [14, ops] per cell type, and with edge_norm
@@ -273,7 +307,7 @@ class ResNetBlock(nn.Module):
     return ops.conv(pooled, kernel, impl=self.impl, need=need) + y
 
 
-class NB201Supernet(nn.Module):
+class NB201Supernet(MixedPrecision):
   """The NAS-Bench-201 search network: stem (3x3 convolution, affine BatchNorm), three
   stages of `cells_per_stage` search cells at C, 2C, 4C channels with a `ResNetBlock`
   between stages, then BatchNorm (affine), ReLU, global pool, dense.
@@ -288,7 +322,7 @@ class NB201Supernet(nn.Module):
     num_classes: classifier outputs.
     channels: C (16 in NAS-Bench-201).
     cells_per_stage: N (5 in NAS-Bench-201).
-    impl, bn_momentum: as `Supernet`.
+    impl, bn_momentum, dtype: as `Supernet`.
   """
   space: spaces.SearchSpace
   num_classes: int
@@ -296,6 +330,7 @@ class NB201Supernet(nn.Module):
   cells_per_stage: int = 5
   impl: str = "fused"
   bn_momentum: float = 0.9
+  dtype: str = "float32"
 
   @property
   def num_cells(self) -> int:
@@ -389,7 +424,7 @@ class OneShot1Cell(nn.Module):
         [w_out[v] * s for v, s in enumerate(states, start=1)], axis=-1)
 
 
-class OneShot1Supernet(nn.Module):
+class OneShot1Supernet(MixedPrecision):
   """The NAS-Bench-1Shot1 one-shot model (the reference's optimizers/darts/model_search.py
   `Network`): a 3x3 conv-bn-relu stem to C channels, `layers` cells in three stacks, C
   doubled and the input max-pooled (`max_pool_2x2` with padding 1, the reference's
@@ -411,6 +446,7 @@ class OneShot1Supernet(nn.Module):
       gives PyTorch momentum 0.997, NAS-Bench-101's TensorFlow decay: Flax 0.003).
     head_bn_momentum: that of the BatchNorm before the classifier (PyTorch's default 0.1:
       Flax 0.9).
+    dtype: as `Supernet`.
   """
   space: spaces.OneShot1Space
   num_classes: int
@@ -419,6 +455,7 @@ class OneShot1Supernet(nn.Module):
   impl: str = "fused"
   bn_momentum: float = 0.003
   head_bn_momentum: float = 0.9
+  dtype: str = "float32"
 
   @property
   def num_cells(self) -> int:

@@ -29,7 +29,8 @@ RESUMABLE_FIELDS = ("log_every_steps", "compilation_cache", "checkpoints_to_keep
 ADDED_FIELDS = {"alpha.order": 1, "alpha.hvp": "exact", "alpha.hvp_r": 0.01,
                 "model.partial_k": 1, "model.edge_norm": False, "data.cutout": 0,
                 "data.cutout_prob": 1.0, "data.cutout_schedule": "linear_ramp",
-                "step": "auto", "seeds": 1, "seed_axis": "auto"}
+                "step": "auto", "seeds": 1, "seed_axis": "auto",
+                "dtype": "float32"}
 
 
 class RunError(RuntimeError):

@@ -54,7 +54,9 @@ def make_loss(model, options: HessianLoss, params, batch_stats, alpha, images, l
   """
   if options.wrt not in ("alpha", "A"):
     raise ValueError(f"wrt={options.wrt!r}; use 'alpha' or 'A'")
-  model = model.clone(impl=ops.autodiff_impl(model.impl))  # forward mode needs JAX's rules
+  # Forward mode needs JAX's rules; the Hessian is measured in float32 whatever config.dtype
+  # the search computes in (bfloat16's 8-bit mantissa would swamp the spectrum's small end).
+  model = model.clone(impl=ops.autodiff_impl(model.impl), dtype="float32")
   point = alpha if options.wrt == "alpha" else supernet.mixing_weights(alpha)
   x0, unravel = ravel_pytree(point)
 
