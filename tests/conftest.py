@@ -125,18 +125,6 @@ def make_config():
   return tiny_config
 
 
-@pytest.fixture(scope="module")
-def module_compilation_cache(tmp_path_factory):
-  """Runs in the module that uses it (`pytestmark = pytest.mark.usefixtures(...)`) share
-  compiled steps through JAX's persistent cache, as a user's resumed run does."""
-  import jax
-  before = jax.config.jax_compilation_cache_dir
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  yield
-  jax.config.update("jax_compilation_cache_dir", before)
-
-
 def tiny_search(method_name="adv", steps_per_epoch=4, **overrides):
   """(config, model, initial state, batches, preprocess) of `tiny_config`'s search:
   batches a `pipeline.SearchBatches` (its source: batches.source), preprocess(key, images)

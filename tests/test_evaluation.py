@@ -29,10 +29,6 @@ ALL_SKIP = {"normal": [["skip_connect", 0], ["skip_connect", 1]] * 4,
             "reduce_concat": [2, 3, 4, 5]}
 
 
-# Training runs in this module share compiled steps, as a resumed run does.
-pytestmark = pytest.mark.usefixtures("module_compilation_cache")
-
-
 def tiny_config(**overrides):
   """darts_v2 at 3 cells (the second and third reduce), C=4, synthetic 32x32 images,
   batch 16 (4 steps per epoch), 2 epochs."""

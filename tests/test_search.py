@@ -20,9 +20,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 JPEG = shared_data("cifar10-jpeg")
 
 
-pytestmark = pytest.mark.usefixtures("module_compilation_cache")
-
-
 def test_search_writes_outputs_and_resumes_exactly(tmp_path, monkeypatch):
   config = tiny_config("adv")  # 4 steps per epoch, 2 epochs
   full = str(tmp_path / "full")

@@ -12,8 +12,6 @@ from conftest import check_exact_resume, final_state, tiny_config, tiny_search
 from sdarts_jax.run import lifecycle, metrics
 from sdarts_jax.search import run_search, seeds
 
-pytestmark = pytest.mark.usefixtures("module_compilation_cache")
-
 
 def epoch_records(folder):
   return [{k: v for k, v in r.items() if k != "seconds"}

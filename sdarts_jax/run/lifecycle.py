@@ -152,12 +152,17 @@ def kept_checkpoint(ckpt, workdir: str) -> str:
 def enable_compilation_cache(directory: str) -> None:
   """JAX's persistent compilation cache: a rerun or resumed run does not compile again.
 
-  Off for multi-process CPU runs: with jax 0.10.2, processes that load their executables
-  from a shared cache failed their first gloo collective (a 30 s key-value timeout) in 3 of
-  3 tries, while cold runs passed."""
-  if directory and jax.process_count() > 1 and jax.default_backend() == "cpu":
-    log("the compilation cache is off for multi-process CPU runs (gloo fails on cached "
-        "executables with this JAX)")
+  Off for CPU runs over more than one device, where executables loaded from the cache
+  deadlock in their collectives with jax 0.10.2: across processes, their first gloo
+  collective failed (a 30 s key-value timeout) in 3 of 3 tries; in one process over 4
+  devices (`--xla_force_host_platform_device_count`), a device ran two all-reduces of one
+  step at once while the others waited in one of them, until XLA aborted the process after
+  40 s ("Termination timeout for all reduce"): 1 of 5 resumed tiny searches, and the
+  test suite's occasional "Fatal Python error: Aborted". Freshly compiled executables
+  never did."""
+  if directory and jax.default_backend() == "cpu" and jax.device_count() > 1:
+    log("the compilation cache is off for CPU runs over several devices (executables "
+        "loaded from it deadlock in their collectives with this JAX)")
     return
   if directory:
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
