@@ -158,9 +158,8 @@ def enable_compilation_cache(directory: str) -> None:
   devices (`--xla_force_host_platform_device_count`), a device ran two all-reduces of one
   step at once while the others waited in one of them, until XLA aborted the process after
   40 s ("Termination timeout for all reduce"): 1 of 4 tiny searches that loaded their
-  programs from a warm cache, and the
-  test suite's occasional "Fatal Python error: Aborted". Freshly compiled executables
-  never did."""
+  programs from a warm cache, and the test suite's occasional "Fatal Python error:
+  Aborted". Freshly compiled executables never did."""
   if directory and jax.default_backend() == "cpu" and jax.device_count() > 1:
     log("the compilation cache is off for CPU runs over several devices (executables "
         "loaded from it deadlock in their collectives with this JAX)")
