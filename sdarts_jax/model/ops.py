@@ -173,7 +173,7 @@ class BatchNorm(nn.Module):
   the unbiased variance in the running update); False uses the running statistics. The
   running statistics are only written when `batch_stats` is mutable in `apply`. A bfloat16
   x (config.dtype) is normalised in float32 and returned in bfloat16; the statistics are
-  float32 always.
+  float32 (float64 in tests that enable it).
 
   Attributes:
     affine: learn a scale and bias (the stem and evaluation networks) or not (search ops).
@@ -190,7 +190,8 @@ class BatchNorm(nn.Module):
     features = x.shape[3:]
     running_mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32)
     running_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
-    out_dtype, x = x.dtype, x.astype(jnp.float32)  # bfloat16 in and out, float32 inside
+    out_dtype = x.dtype  # bfloat16 in and out, float32 (or float64) inside
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     mean, var = _statistics(x, train, running_mean.value, running_var.value)
     if self.is_mutable_collection("batch_stats") and not self.is_initializing():
       count = x.shape[0] * x.shape[1] * x.shape[2]

@@ -163,7 +163,8 @@ def classifier(module: nn.Module, x, num_classes: int):
   fan_in = features.shape[-1]
   kernel = module.param("classifier_kernel", ops.torch_uniform(fan_in), (fan_in, num_classes))
   bias = module.param("classifier_bias", ops.torch_uniform(fan_in), (num_classes,))
-  return (features @ kernel + bias).astype(jnp.float32)
+  logits = features @ kernel + bias
+  return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))  # bfloat16: float32
 
 
 class Cell(nn.Module):
