@@ -150,3 +150,19 @@ def test_search_state_falls_back(tmp_path, capsys):
   assert meta["step"] == 4 and "warning: the checkpoint of step 8" in capsys.readouterr().err
   assert_tree_equal(restored, state)
   ckpt.close()
+
+
+def test_compilation_cache_is_off_on_several_cpu_devices(tmp_path, capsys, monkeypatch):
+  """On CPU over several devices (the tests run on 4) the persistent cache stays off, with
+  a log line: executables loaded from it deadlock in their all-reduces with this JAX
+  (lifecycle.enable_compilation_cache); on one device it is switched on."""
+  before = jax.config.jax_compilation_cache_dir
+  lifecycle.enable_compilation_cache(str(tmp_path / "xla"))
+  assert jax.config.jax_compilation_cache_dir == before
+  assert "compilation cache is off" in capsys.readouterr().out
+  monkeypatch.setattr(jax, "device_count", lambda: 1)
+  try:
+    lifecycle.enable_compilation_cache(str(tmp_path / "xla"))
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
+  finally:
+    jax.config.update("jax_compilation_cache_dir", before)
