@@ -54,10 +54,9 @@ REALISTIC = (0.3, 0.5)  # fraction of the roofline real kernels are assumed to r
 
 def setup(method: str, args, impl: str = "auto"):
   """(config, model, state, steps per epoch) at the sizes of `args`."""
-  import jax
-
   from sdarts_jax import defaults
   from sdarts_jax.data import pipeline
+  from sdarts_jax.run import loop
   from sdarts_jax.search import run_search
 
   config = defaults.search_config(method)
@@ -67,7 +66,7 @@ def setup(method: str, args, impl: str = "auto"):
   weight_half, alpha_half = pipeline.search_split(TRAIN_IMAGES, config.data.train_portion)
   spe = min(len(weight_half), len(alpha_half)) // args.batch
   model = run_search.build_model(config, 10)
-  state = jax.jit(lambda: run_search.init_state(model, config, (32, 32, 3), spe))()
+  state = loop.compile_init(lambda: run_search.init_state(model, config, (32, 32, 3), spe), None)()
   return config, model, state, spe
 
 

@@ -44,6 +44,7 @@ def main() -> None:
   from sdarts_jax import defaults
   from sdarts_jax.analysis import runs
   from sdarts_jax.data import pipeline
+  from sdarts_jax.run import loop
   from sdarts_jax.search import hessian, run_search
 
   if a.workdir:
@@ -54,7 +55,7 @@ def main() -> None:
     config = defaults.search_config("darts")
     config.model.layers, config.model.channels = a.layers, a.channels
     model = run_search.build_model(config, 10)
-    state = jax.jit(lambda: run_search.init_state(model, config, (32, 32, 3), 100))()
+    state = loop.compile_init(lambda: run_search.init_state(model, config, (32, 32, 3), 100), None)()
     src = pipeline.synthetic(a.batch, 10, 32, 0)
     images = pipeline.preprocess(None, src.images, src.mean, src.std, False)[None]
     labels = jnp.asarray(src.labels)[None]

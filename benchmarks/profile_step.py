@@ -125,6 +125,7 @@ def main() -> None:
 
   from sdarts_jax import defaults
   from sdarts_jax.data import pipeline
+  from sdarts_jax.run import loop
   from sdarts_jax.search import run_search, scan_step
 
   config = defaults.search_config(args.method)
@@ -134,7 +135,7 @@ def main() -> None:
   spe = 390
   source = pipeline.synthetic(16, 10, 32, 0)
   model = run_search.build_model(config, 10)
-  state = jax.jit(lambda: run_search.init_state(model, config, (32, 32, 3), spe))()
+  state = loop.compile_init(lambda: run_search.init_state(model, config, (32, 32, 3), spe), None)()
   preprocess = lambda key, images: pipeline.preprocess(key, images, source.mean, source.std, True)
   fn = jax.jit(scan_step.make_step(model, config, spe, preprocess), donate_argnums=0)
   rng = np.random.default_rng(0)
