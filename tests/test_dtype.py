@@ -120,3 +120,16 @@ def test_bfloat16_step_updates_float32_within_its_precision(impl):
     bound = _relative_error(e_round[key], want[key])
     err = _relative_error(got[key], want[key])
     assert bound / 4 <= err <= 6 * bound, (key, err, bound)
+
+
+def test_dtype_names_and_configs_saved_before_it():
+  """A config without `dtype` (saved before it existed, read back by the analysis tools)
+  builds a float32 supernet; an unknown name is a ValueError that names the choices."""
+  from sdarts_jax import defaults
+  from sdarts_jax.search import run_search
+  config = defaults.search_config("adv")
+  del config["dtype"]
+  assert run_search.build_model(config, 10).dtype == "float32"
+  config.dtype = "float16"
+  with pytest.raises(ValueError, match="float32, bfloat16"):
+    run_search.build_model(config, 10)

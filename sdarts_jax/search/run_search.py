@@ -92,17 +92,18 @@ def build_model(config, num_classes: int):
   config.model.partial_k > 1), `supernet.NB201Supernet` or `supernet.OneShot1Supernet`."""
   m = config.model
   impl = ops.impl_of(m.impl)
-  supernet.compute_dtype(config.dtype)  # ValueError for an unknown name
+  dtype = config.get("dtype", "float32")  # absent from configs saved before it existed
+  supernet.compute_dtype(dtype)  # ValueError for an unknown name
   space = spaces.get_space(config.space)
   if isinstance(space, spaces.OneShot1Space):
     return supernet.OneShot1Supernet(space, num_classes, m.channels, m.layers, impl,
-                                     m.bn_momentum, m.head_bn_momentum, dtype=config.dtype)
+                                     m.bn_momentum, m.head_bn_momentum, dtype=dtype)
   if space.topology == spaces.NB201_CELL:
     return supernet.NB201Supernet(space, num_classes, m.channels, m.cells_per_stage, impl,
-                                  m.bn_momentum, dtype=config.dtype)
+                                  m.bn_momentum, dtype=dtype)
   return supernet.Supernet(space, num_classes, m.channels, m.layers, m.stem_multiplier, impl,
                            m.bn_momentum, m.get("partial_k", 1), m.get("edge_norm", False),
-                           dtype=config.dtype)
+                           dtype=dtype)
 
 
 def init_state(model, config, image_shape, steps_per_epoch: int, seed=None) -> dict:
