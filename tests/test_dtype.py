@@ -12,6 +12,8 @@ from sdarts_jax.model import losses, spaces, supernet
 from sdarts_jax.search import scan_step
 
 SPE = 4
+
+
 def _models():
   """One small supernet per family, computing in bfloat16."""
   return {
