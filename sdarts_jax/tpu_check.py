@@ -107,11 +107,19 @@ def topology_devices(name: str) -> list:
 
 
 def chip_of(devices) -> Chip:
+  """What one device of the slice has. A chip with several TensorCores that the topology
+  lists as devices of their own (v4 and v5p give one device per core, `core_on_chip` 0
+  and 1) shares its HBM and peaks among them: each device gets its share."""
   kind = devices[0].device_kind
   if kind not in CHIPS:
     raise CheckError(f"no peak figures for TPU device kind {kind!r}; known: "
                      f"{', '.join(CHIPS)} (sdarts_jax/tpu_check.py, CHIPS)")
-  return CHIPS[kind]
+  chip = CHIPS[kind]
+  cores = len({getattr(d, "core_on_chip", 0) for d in devices})
+  if cores == 1:
+    return chip
+  return Chip(f"{chip.name} TensorCore (1/{cores} of a chip)", chip.hbm_gib / cores,
+              chip.bf16_flops / cores, chip.hbm_bytes_s / cores)
 
 
 # ---------------------------------------------------------------- programs
@@ -359,9 +367,9 @@ def largest_batch_that_fits(v: Verdict, chip: Chip) -> int:
 def report(verdicts: list[Verdict], chip: Chip, topology: str, chips: int) -> str:
   """The table (one row per program) and the projected run time."""
   gib = 2**30
-  lines = [f"TPU {topology}: {chips} chips of {chip.name} ({chip.hbm_gib:g} GiB HBM, "
+  lines = [f"TPU {topology}: {chips} devices, each a {chip.name} ({chip.hbm_gib:g} GiB HBM, "
            f"{chip.bf16_flops / 1e12:g} TFLOP/s bf16, {chip.hbm_bytes_s / 1e9:g} GB/s); figures "
-           f"per chip, from the TPU compiler on this machine (estimates, not measurements)",
+           f"per device, from the TPU compiler on this machine (estimates, not measurements)",
            f"{'program':<11}{'compile s':>10}{'memory GiB':>11}{'GFLOP':>9}{'GB accessed':>12}"
            f"{'est. s/call':>12}  {'calls/run':>9}  how"]
   total = 0.0

@@ -20,6 +20,18 @@ needs_libtpu = pytest.mark.skipif(
 V5E = tpu_check.CHIPS["TPU v5 lite"]
 
 
+def test_a_device_that_is_one_of_a_chips_cores_gets_its_share():
+  """v4 and v5p slices list each TensorCore as a device (`core_on_chip` 0 and 1): each gets
+  half the chip's HBM and peaks (the public v4 figures: 32 GiB, 275 TFLOP/s, 1,228 GB/s per
+  chip); a one-core chip's device (v5e) gets the whole chip."""
+  from types import SimpleNamespace
+  v4 = [SimpleNamespace(device_kind="TPU v4", core_on_chip=i % 2) for i in range(8)]
+  core = tpu_check.chip_of(v4)
+  assert (core.hbm_gib, core.bf16_flops, core.hbm_bytes_s) == (16, 137.5e12, 614e9)
+  v5e = [SimpleNamespace(device_kind="TPU v5 lite", core_on_chip=0) for _ in range(4)]
+  assert tpu_check.chip_of(v5e) == V5E
+
+
 def test_estimate_counts_loops_and_prefers_valid_compiler_figures():
   """Roofline by hand: 1.97e12 FLOP at 197 TFLOP/s is 10 ms, 8.19e9 bytes at 819 GB/s is
   10 ms; a loop body counted once by the cost analysis is multiplied by its trip count;
