@@ -405,7 +405,7 @@ def check(config, topology: str, programs: list[str], effort: float = 0.0,
   for program in chosen:
     if programs and program.name not in programs:
       continue
-    log(f"compiling {program.name} for {topology} ({len(devices)} chips, impl "
+    log(f"compiling {program.name} for {topology} ({len(devices)} devices, impl "
         f"{config.model.impl}, {config.get('dtype', 'float32')})...")
     v, _ = compile_program(program, chip, len(devices), effort)
     log(f"  {program.name}: lowered in {v.lower_s:.1f} s, compiled in {v.compile_s:.1f} s "
