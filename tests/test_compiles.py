@@ -64,13 +64,20 @@ _COUNT = textwrap.dedent("""
     """)
 
 
+# One CPU device, on which the persistent cache is on (`lifecycle.enable_compilation_cache`),
+# so that the resumed process loads its programs instead of compiling them again.
+_ONE_DEVICE = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                       if not f.startswith("--xla_force_host_platform_device_count"))
+_ONE_DEVICE += " --xla_force_host_platform_device_count=1"
+
+
 def _compiles(workdir, stop_after: int) -> int:
   """Compile requests of a search in a new process (stopped by a simulated SIGTERM after
   `stop_after` steps unless 0); a persistent cache next to workdir keeps the second fast."""
   out = subprocess.run([sys.executable, "-c", _COUNT, str(ROOT / "tests"), str(workdir),
                         str(stop_after), str(workdir.parent / "xla"), COMPILE], cwd=ROOT,
                        capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
+                       env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": _ONE_DEVICE})
   assert out.returncode == 0, out.stderr[-3000:]
   return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -88,3 +95,43 @@ def test_resume_in_a_fresh_process_compiles_no_more_than_a_fresh_start(tmp_path)
   records = [json.loads(line) for line in metrics]
   assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4]
   assert [r["step"] for r in records if r["kind"] == "epoch"] == [2, 4]
+
+
+def test_runs_of_one_process_share_their_executables():
+  """`programs.jit`: a second function that lowers to the same program (a fresh closure of
+  the same computation, as every run builds) reuses the first's executable; another
+  constant, shape or device set compiles anew; results are those of `jax.jit`."""
+  import numpy as np
+  from sdarts_jax.run import parallel, programs
+  counts = collections.Counter()
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda name, secs, **kw: counts.update([name]))
+  mesh, rep, shard = parallel.data_parallel(8)
+
+  def step(scale):  # a new function object per call, as a run's step
+    return programs.jit(lambda s, b: (s * scale + b.sum(), b.mean()), in_shardings=(rep, shard),
+                        out_shardings=(rep, rep), donate_argnums=0)
+
+  batch = np.arange(16, dtype=np.float32).reshape(8, 2)
+  ones = [np.ones(3, np.float32) for _ in range(3)] + [np.ones(4, np.float32)]
+  on_device = [jax.device_put(np.ones(3, np.float32), d) for d in jax.devices()[:2]]
+  try:
+    first = step(2.0)(ones[0], batch)
+    n = counts[COMPILE]
+    again = step(2.0)(ones[1], batch)
+    assert counts[COMPILE] == n  # shared: no compile request at all
+    other = step(3.0)(ones[2], batch)
+    assert counts[COMPILE] == n + 1
+    step(2.0)(ones[3], batch)
+    assert counts[COMPILE] == n + 2
+    # The same program text on another device is another executable.
+    double = lambda x: x * 2.0
+    on = [programs.jit(double)(x) for x in on_device]
+    assert counts[COMPILE] == n + 4
+    assert [o.devices() for o in on] == [{d} for d in jax.devices()[:2]]
+  finally:
+    jax.monitoring.clear_event_listeners()
+  want = jax.jit(lambda s, b: (s * 2.0 + b.sum(), b.mean()))(np.ones(3, np.float32), batch)
+  for got in (first, again):
+    np.testing.assert_array_equal(got[0], want[0])
+  np.testing.assert_array_equal(other[0], np.ones(3) * 3.0 + batch.sum())

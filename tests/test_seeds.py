@@ -163,7 +163,7 @@ def test_every_seed_diverged_stops_the_run(tmp_path, monkeypatch):
       init(*a), seeds=dict(init(*a)["seeds"], alpha=jax.tree.map(
           lambda x: x * jnp.nan, init(*a)["seeds"]["alpha"]))))
   with pytest.raises(lifecycle.RunError, match="every seed's metrics are non-finite"):
-    seeds.train_and_evaluate(tiny_config("darts", seeds=2, epochs=1), str(tmp_path))
+    seeds.train_and_evaluate(tiny_config("darts", seeds=(2, 5), epochs=1), str(tmp_path))
 
 
 @pytest.mark.parametrize("value, error", [

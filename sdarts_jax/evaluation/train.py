@@ -15,7 +15,7 @@ import optax
 
 from sdarts_jax.evaluation import input_pipeline, network
 from sdarts_jax.model import losses, ops
-from sdarts_jax.run import checkpoint, lifecycle, loop, metrics, parallel
+from sdarts_jax.run import checkpoint, lifecycle, loop, metrics, parallel, programs
 from sdarts_jax.search import genotype, optim
 
 
@@ -150,12 +150,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   model = build_model(config, inputs.num_classes)
   init = loop.compile_init(lambda: init_state(model, config, inputs.image_shape, spe),
                            replicated)
-  num_params = network.count_params(jax.eval_shape(init)["params"])
+  num_params = network.count_params(init.eval_shape()["params"])
 
   # Compiled functions.
   train_step = loop.compile_step(make_train_step(model, config, spe, inputs.preprocess),
                                  replicated, sharded)
-  infer = jax.jit(make_infer(model, inputs.preprocess, config.seed),
+  infer = programs.jit(make_infer(model, inputs.preprocess, config.seed),
                   in_shardings=(replicated, replicated, sharded), out_shardings=replicated)
 
   # Checkpoint.

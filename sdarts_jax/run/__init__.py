@@ -1,2 +1,2 @@
 """The run machinery that the search and evaluation training share: workdir and resume,
-checkpoints, metrics, devices, the training loop."""
+checkpoints, metrics, devices, compiled programs, the training loop."""

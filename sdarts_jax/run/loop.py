@@ -20,14 +20,16 @@ from typing import Callable, Iterable
 import jax
 import numpy as np
 
-from sdarts_jax.run import lifecycle, metrics
+from sdarts_jax.run import lifecycle, metrics, programs
 
 
 def compile_step(train_step: Callable, replicated, sharded) -> Callable:
   """train_step(state, batch) jitted as every run compiles it: the state replicated and
-  donated, the batch sharded over the data axis, the metrics replicated."""
-  return jax.jit(train_step, in_shardings=(replicated, sharded),
-                 out_shardings=(replicated, replicated), donate_argnums=0)
+  donated, the batch sharded over the data axis, the metrics replicated; the executable
+  shared with any earlier run of this process that compiled the same program
+  (`programs`)."""
+  return programs.jit(train_step, in_shardings=(replicated, sharded),
+                      out_shardings=(replicated, replicated), donate_argnums=0)
 
 
 def compile_init(init: Callable, replicated) -> Callable:
@@ -39,7 +41,7 @@ def compile_init(init: Callable, replicated) -> Callable:
   671 arrays bit-equal, the largest difference 3e-8), as the two fuse multiply-adds
   differently."""
   options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
-  return jax.jit(init, out_shardings=replicated, compiler_options=options)
+  return programs.jit(init, out_shardings=replicated, compiler_options=options)
 
 
 def epoch_record(done: int, epochs_done: int) -> dict:

@@ -27,7 +27,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from sdarts_jax.model import losses, ops, supernet
-from sdarts_jax.run import parallel
+from sdarts_jax.run import parallel, programs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +113,7 @@ _COMPILED: dict = {}
 
 def _jit(fn: Callable) -> Callable:
   if fn not in _COMPILED:
-    _COMPILED[fn] = jax.jit(fn)
+    _COMPILED[fn] = programs.jit(fn)
   return _COMPILED[fn]
 
 
@@ -217,8 +217,8 @@ class Measure:
     if self.host:
       return self
     rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh, axis=1)
-    return jax.jit(self.__call__, in_shardings=(rep, rep, rep, shard, shard, rep),
-                   out_shardings=rep)
+    return programs.jit(self.__call__, in_shardings=(rep, rep, rep, shard, shard, rep),
+                        out_shardings=rep)
 
   def _point(self, alpha):
     x0, _ = ravel_pytree(alpha)

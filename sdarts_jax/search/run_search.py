@@ -24,7 +24,7 @@ import numpy as np
 
 from sdarts_jax.data import pipeline
 from sdarts_jax.model import losses, ops, spaces, supernet
-from sdarts_jax.run import checkpoint, lifecycle, loop, metrics, parallel
+from sdarts_jax.run import checkpoint, lifecycle, loop, metrics, parallel, programs
 from sdarts_jax.search import accel_step, genotype, hessian, optim, step
 from sdarts_jax.tables import nb201, oneshot1
 
@@ -222,12 +222,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # Compiled functions.
   train_step = loop.compile_step(make_train_step(model, config, spe, source), replicated,
                                  sharded)
-  infer = jax.jit(make_infer(model, source, config.seed),
+  infer = programs.jit(make_infer(model, source, config.seed),
                   in_shardings=(replicated, replicated, replicated, sharded),
                   out_shardings=replicated)
   estimate_bn = None
   if config.eval_bn == "clean_batch":
-    estimate_bn = jax.jit(make_bn_estimate(model, source, config.seed),
+    estimate_bn = programs.jit(make_bn_estimate(model, source, config.seed),
                           in_shardings=(replicated, replicated, replicated, sharded),
                           out_shardings=replicated)
   tracker = HessianTracker(config, model, eval_source, mesh)

@@ -35,7 +35,7 @@ import numpy as np
 from jax import lax
 
 from sdarts_jax.data import pipeline
-from sdarts_jax.run import checkpoint, lifecycle, loop, metrics, parallel
+from sdarts_jax.run import checkpoint, lifecycle, loop, metrics, parallel, programs
 from sdarts_jax.search import run_search
 
 SEED_AXES = ("auto", "map", "vmap")
@@ -199,14 +199,14 @@ def train_and_evaluate(config, workdir: str) -> list[dict]:
   train_step = loop.compile_step(
       make_step(run_search.make_train_step(model, config, spe, source), seed_axis(config)),
       replicated, stacked)
-  state_of = jax.jit(take, out_shardings=replicated)
-  infer = jax.jit(lambda p, s, A, b, seed: run_search.make_infer(model, source, seed)(
+  state_of = programs.jit(take, out_shardings=replicated)
+  infer = programs.jit(lambda p, s, A, b, seed: run_search.make_infer(model, source, seed)(
                       p, s, A, b),
                   in_shardings=(replicated, replicated, replicated, sharded, replicated),
                   out_shardings=replicated)
   estimate_bn = None
   if config.eval_bn == "clean_batch":
-    estimate_bn = jax.jit(
+    estimate_bn = programs.jit(
         lambda p, s, A, x, seed: run_search.make_bn_estimate(model, source, seed)(p, s, A, x),
         in_shardings=(replicated, replicated, replicated, sharded, replicated),
         out_shardings=replicated)
