@@ -35,7 +35,7 @@ def measure(method: str, layers: int, channels: int, batch: int, space: str, ste
 
   from sdarts_jax import defaults
   from sdarts_jax.data import pipeline
-  from sdarts_jax.run import loop
+  from sdarts_jax.run import loop, programs
   from sdarts_jax.search import run_search, scan_step
 
   config = defaults.search_config(method)
@@ -57,6 +57,7 @@ def measure(method: str, layers: int, channels: int, batch: int, space: str, ste
   t = time.time()
   compiled = fn.lower(state, batch_of()).compile()
   compile_s = time.time() - t
+  programs.release_freed_memory()  # as runs do after compiling (peak memory below)
   info = {"impl": "sdarts_jax", "method": method, "layers": layers, "channels": channels,
           "batch": batch, "space": space, "device": jax.devices()[0].device_kind,
           "jax": jax.__version__, "cores": len(os.sched_getaffinity(0)),
