@@ -87,7 +87,7 @@ def release_freed_memory() -> None:
   XLA:CPU's compiler left, not in it: at paper size (DARTS, 8 cells, C=16, batch 64) the
   process held 4.2 GiB after compiling the step and peaked at 13.2 GiB while stepping (8.2
   GiB of the step's own buffers); trimmed after the compilation, 2.2 GiB and 10.7 GiB
-  (steps unchanged: 18.3-18.5 against 19.8-21.6 s; benchmarks/search_step.py reports the
+  (steps no slower: 18.3-18.5 against 19.8-21.6 s; benchmarks/search_step.py reports the
   peak)."""
   try:
     libc = ctypes.CDLL("libc.so.6")
