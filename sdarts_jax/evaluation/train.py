@@ -156,7 +156,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   train_step = loop.compile_step(make_train_step(model, config, spe, inputs.preprocess),
                                  replicated, sharded)
   infer = programs.jit(make_infer(model, inputs.preprocess, config.seed),
-                  in_shardings=(replicated, replicated, sharded), out_shardings=replicated)
+                       in_shardings=(replicated, replicated, sharded), out_shardings=replicated)
 
   # Checkpoint.
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoints_to_keep)

@@ -223,13 +223,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   train_step = loop.compile_step(make_train_step(model, config, spe, source), replicated,
                                  sharded)
   infer = programs.jit(make_infer(model, source, config.seed),
-                  in_shardings=(replicated, replicated, replicated, sharded),
-                  out_shardings=replicated)
+                       in_shardings=(replicated, replicated, replicated, sharded),
+                       out_shardings=replicated)
   estimate_bn = None
   if config.eval_bn == "clean_batch":
     estimate_bn = programs.jit(make_bn_estimate(model, source, config.seed),
-                          in_shardings=(replicated, replicated, replicated, sharded),
-                          out_shardings=replicated)
+                               in_shardings=(replicated, replicated, replicated, sharded),
+                               out_shardings=replicated)
   tracker = HessianTracker(config, model, eval_source, mesh)
 
   # Checkpoint.

@@ -200,10 +200,10 @@ def train_and_evaluate(config, workdir: str) -> list[dict]:
       make_step(run_search.make_train_step(model, config, spe, source), seed_axis(config)),
       replicated, stacked)
   state_of = programs.jit(take, out_shardings=replicated)
-  infer = programs.jit(lambda p, s, A, b, seed: run_search.make_infer(model, source, seed)(
-                      p, s, A, b),
-                  in_shardings=(replicated, replicated, replicated, sharded, replicated),
-                  out_shardings=replicated)
+  infer = programs.jit(
+      lambda p, s, A, b, seed: run_search.make_infer(model, source, seed)(p, s, A, b),
+      in_shardings=(replicated, replicated, replicated, sharded, replicated),
+      out_shardings=replicated)
   estimate_bn = None
   if config.eval_bn == "clean_batch":
     estimate_bn = programs.jit(
