@@ -11,7 +11,7 @@ import textwrap
 import jax
 
 from conftest import tiny_config
-from sdarts_jax.run import lifecycle
+from sdarts_jax.run import lifecycle, programs
 from sdarts_jax.search import run_search
 
 COMPILE = "/jax/core/compile/backend_compile_duration"  # every compile request (hit or miss)
@@ -19,6 +19,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_steps_and_epoch_ends_compile_nothing_new(tmp_path, monkeypatch):
+  # An empty cache of shared executables, so that the first epoch compiles whatever
+  # earlier tests of this process compiled already.
+  monkeypatch.setattr(programs, "_EXECUTABLES", collections.OrderedDict())
   counts = collections.Counter()
   jax.monitoring.register_event_duration_secs_listener(
       lambda name, secs, **kw: counts.update([name]))
@@ -47,7 +50,7 @@ _COUNT = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     from conftest import tiny_config, sigterm_after  # sets XLA_FLAGS: first
     import jax
-    from sdarts_jax.run import lifecycle
+    from sdarts_jax.run import lifecycle, programs
     from sdarts_jax.search import run_search
     counts = collections.Counter()
     jax.monitoring.register_event_duration_secs_listener(
@@ -97,12 +100,13 @@ def test_resume_in_a_fresh_process_compiles_no_more_than_a_fresh_start(tmp_path)
   assert [r["step"] for r in records if r["kind"] == "epoch"] == [2, 4]
 
 
-def test_runs_of_one_process_share_their_executables():
+def test_runs_of_one_process_share_their_executables(monkeypatch):
   """`programs.jit`: a second function that lowers to the same program (a fresh closure of
   the same computation, as every run builds) reuses the first's executable; another
   constant, shape or device set compiles anew; results are those of `jax.jit`."""
   import numpy as np
-  from sdarts_jax.run import parallel, programs
+  from sdarts_jax.run import parallel
+  monkeypatch.setattr(programs, "_EXECUTABLES", collections.OrderedDict())
   counts = collections.Counter()
   jax.monitoring.register_event_duration_secs_listener(
       lambda name, secs, **kw: counts.update([name]))
