@@ -110,7 +110,7 @@ def test_runs_of_one_process_share_their_executables(monkeypatch):
   counts = collections.Counter()
   jax.monitoring.register_event_duration_secs_listener(
       lambda name, secs, **kw: counts.update([name]))
-  mesh, rep, shard = parallel.data_parallel(8)
+  _, rep, shard = parallel.data_parallel(8)
 
   def step(scale):  # a new function object per call, as a run's step
     return programs.jit(lambda s, b: (s * scale + b.sum(), b.mean()), in_shardings=(rep, shard),

@@ -21,9 +21,10 @@ from typing import Callable
 import jax
 from jax.sharding import NamedSharding
 
-# Executables kept, least recently used first out: each holds its code and constants (tens
-# of MB for a supernet step on CPU).
-MAX_EXECUTABLES = 16
+# Executables kept, least recently used first out: about one run's programs (initial state,
+# step, evaluation, BatchNorm estimate, Hessian loops). Each holds its code and constants:
+# compiling the paper-size DARTS step on CPU left the process 1.3 GiB larger.
+MAX_EXECUTABLES = 8
 _EXECUTABLES: collections.OrderedDict = collections.OrderedDict()
 
 
