@@ -334,8 +334,8 @@ def estimate(flops: float, bytes_accessed: float, factor: float, chip: Chip,
   return roofline * factor, "roofline" + (f" x{factor:g} (loops)" if factor != 1 else "")
 
 
-def compile_program(program: Program, chip: Chip, chips: int, effort: float):
-  """(the program's Verdict, its compiled executable) for `chips` chips of `chip`."""
+def compile_program(program: Program, chip: Chip, num_devices: int, effort: float):
+  """(the program's Verdict, its compiled executable) for `num_devices` devices, each a `chip`."""
   t = time.perf_counter()
   lowered = program.lower()
   lower_s = time.perf_counter() - t
@@ -353,7 +353,7 @@ def compile_program(program: Program, chip: Chip, chips: int, effort: float):
   step_s, how = estimate(flops, accessed, factor, chip, optimal)
   return Verdict(program.name, lower_s, compile_s, int(memory), int(m.argument_size_in_bytes),
                  int(m.temp_size_in_bytes), flops, accessed, factor, optimal, step_s, how,
-                 program.per_run, program.batch // chips, compile_cpu_s), compiled
+                 program.per_run, program.batch // num_devices, compile_cpu_s), compiled
 
 
 def largest_batch_that_fits(v: Verdict, chip: Chip) -> int:
@@ -364,10 +364,10 @@ def largest_batch_that_fits(v: Verdict, chip: Chip) -> int:
   return max(0, int((chip.hbm_gib * 2**30 - fixed) // max(per_example, 1)))
 
 
-def report(verdicts: list[Verdict], chip: Chip, topology: str, chips: int) -> str:
+def report(verdicts: list[Verdict], chip: Chip, topology: str, num_devices: int) -> str:
   """The table (one row per program) and the projected run time."""
   gib = 2**30
-  lines = [f"TPU {topology}: {chips} devices, each a {chip.name} ({chip.hbm_gib:g} GiB HBM, "
+  lines = [f"TPU {topology}: {num_devices} devices, each a {chip.name} ({chip.hbm_gib:g} GiB HBM, "
            f"{chip.bf16_flops / 1e12:g} TFLOP/s bf16, {chip.hbm_bytes_s / 1e9:g} GB/s); figures "
            f"per device, from the TPU compiler on this machine (estimates, not measurements)",
            f"{'program':<11}{'compile s':>10}{'memory GiB':>11}{'GFLOP':>9}{'GB accessed':>12}"
@@ -428,12 +428,12 @@ def main(argv):
     print("error: --config is required, e.g. --config=configs/cifar10_adv.py", file=sys.stderr)
     sys.exit(2)
   try:
-    verdicts, chip, chips = check(config, flags.FLAGS.topology, flags.FLAGS.programs,
+    verdicts, chip, num_devices = check(config, flags.FLAGS.topology, flags.FLAGS.programs,
                                   flags.FLAGS.effort, log=lambda s: print(s, flush=True))
   except (CheckError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  print(report(verdicts, chip, flags.FLAGS.topology, chips))
+  print(report(verdicts, chip, flags.FLAGS.topology, num_devices))
   if flags.FLAGS.json:
     with open(flags.FLAGS.json, "w") as f:
       json.dump({"topology": flags.FLAGS.topology, "chip": dataclasses.asdict(chip),
