@@ -197,22 +197,28 @@ def _separable_shifted_bwd(stride, dilation, residuals, g):
 
   def kernel_grads(g_dw):
     xp = jnp.pad(_per_edge(x), ((0, 0), (pad, pad), (pad, pad), (0, 0), (0, 0)))
-    taps = [jnp.sum(_tap(xp, i, j, stride, dilation, ho, wo) * g_dw, axis=(0, 1, 2))
-            for i in range(k) for j in range(k)]
-    return jnp.stack(taps, axis=1).reshape(dw.shape), _pointwise_kernel_grad(y, g)
+    window = (xp.shape[0], stride * (ho - 1) + 1, stride * (wo - 1) + 1, *xp.shape[3:])
 
-  def nothing():
-    return jnp.zeros_like(x), jnp.zeros_like(dw), jnp.zeros_like(pw)
+    def tap(t):  # a loop over the taps, so that the program holds one reduction, not k * k
+      x_ij = lax.dynamic_slice(xp, (0, dilation * (t // k), dilation * (t % k), 0, 0), window)
+      return jnp.sum(x_ij[:, ::stride, ::stride] * g_dw, axis=(0, 1, 2))
 
-  def inputs():
-    return input_grad(_pointwise_input_grad(g, pw)), jnp.zeros_like(dw), jnp.zeros_like(pw)
+    taps = lax.map(tap, jnp.arange(k * k))  # [k*k, E, C]
+    return jnp.moveaxis(taps, 0, 1).reshape(dw.shape), _pointwise_kernel_grad(y, g)
 
-  def everything():
+  def zero_kernel_grads():
+    return jnp.zeros_like(dw), jnp.zeros_like(pw)
+
+  def input_and_kernel_grads():
+    # The kernel gradients' cond inside the input gradient's, so that the program holds the
+    # input gradient's k*k taps once.
     g_dw = _pointwise_input_grad(g, pw)
-    return (input_grad(g_dw), *kernel_grads(g_dw))
+    d_dw, d_pw = lax.cond(need >= Need.ALL_GRADS, kernel_grads, lambda _: zero_kernel_grads(),
+                          g_dw)
+    return input_grad(g_dw), d_dw, d_pw
 
-  dx, d_dw, d_pw = lax.switch(jnp.clip(need, Need.NO_GRADS, Need.ALL_GRADS),
-                              (nothing, inputs, everything))
+  dx, d_dw, d_pw = lax.cond(need >= Need.INPUT_GRADS, input_and_kernel_grads,
+                            lambda: (jnp.zeros_like(x), *zero_kernel_grads()))
   return dx, d_dw, d_pw, None
 
 
