@@ -18,11 +18,19 @@ def epoch_records(folder):
           for r in metrics.read_records(folder, "epoch")]
 
 
-def test_two_seeds_in_one_program_equal_two_one_seed_runs(tmp_path):
+def test_two_seeds_in_one_program_equal_two_one_seed_runs_and_resume_exactly(
+    tmp_path, monkeypatch):
   """The run of seeds (2, 5) ends, seed by seed, where the one-seed runs with config.seed 2
-  and 5 end: the same state and the same epoch records (metrics, genotypes, A)."""
+  and 5 end: the same state and the same epoch records (metrics, genotypes, A). Stopped
+  mid-epoch and resumed, it ends bit-identical, with the same records."""
   config = tiny_config("adv", seeds=(2, 5))  # 2 epochs of 4 steps
   records = seeds.train_and_evaluate(config, str(tmp_path / "both"))
+  resumed = str(tmp_path / "resumed")  # the same programs: no compilation of its own
+  check_exact_resume(seeds.train_and_evaluate, config, str(tmp_path / "both"), resumed,
+                     monkeypatch, steps=8)
+  for s in seeds.seed_list(config):
+    assert epoch_records(seeds.seed_dir(resumed, s)) == epoch_records(
+        seeds.seed_dir(str(tmp_path / "both"), s))
   assert [r["epoch"] for r in records] == [2, 2]
   _, both = final_state(str(tmp_path / "both"))
   assert both["alive"].tolist() == [True, True] and int(both["step"]) == 8
@@ -47,15 +55,6 @@ def test_two_seeds_in_one_program_equal_two_one_seed_runs(tmp_path):
         assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), k
     with open(os.path.join(seeds.seed_dir(str(tmp_path / "both"), seed), "genotype.json")) as f:
       assert json.load(f) == theirs[-1]["genotype"]
-
-
-def test_several_seeds_resume_exactly(tmp_path, monkeypatch):
-  config = tiny_config("rs", seeds=2)
-  full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
-  seeds.train_and_evaluate(config, full)
-  check_exact_resume(seeds.train_and_evaluate, config, full, resumed, monkeypatch, steps=8)
-  for s in seeds.seed_list(config):
-    assert epoch_records(seeds.seed_dir(resumed, s)) == epoch_records(seeds.seed_dir(full, s))
 
 
 @pytest.fixture(scope="module")
