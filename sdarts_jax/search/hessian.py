@@ -19,6 +19,7 @@ the diagonal.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import jax
@@ -108,13 +109,11 @@ def fori_loop(num: int, body: Callable, carry, args, host: bool):
   return carry
 
 
-_COMPILED: dict = {}
-
-
+@functools.lru_cache(maxsize=programs.MAX_EXECUTABLES)
 def _jit(fn: Callable) -> Callable:
-  if fn not in _COMPILED:
-    _COMPILED[fn] = programs.jit(fn)
-  return _COMPILED[fn]
+  """fn's Program, one per loop body (the bodies of the latest few measurements: a long
+  process does not keep every body it ever compiled)."""
+  return programs.jit(fn)
 
 
 def lanczos_body(matvec: Callable) -> Callable:
