@@ -429,7 +429,7 @@ def main(argv):
     sys.exit(2)
   try:
     verdicts, chip, num_devices = check(config, flags.FLAGS.topology, flags.FLAGS.programs,
-                                  flags.FLAGS.effort, log=lambda s: print(s, flush=True))
+                                        flags.FLAGS.effort, log=lambda s: print(s, flush=True))
   except (CheckError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -50,7 +50,7 @@ _COUNT = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     from conftest import tiny_config, sigterm_after  # sets XLA_FLAGS: first
     import jax
-    from sdarts_jax.run import lifecycle, programs
+    from sdarts_jax.run import lifecycle
     from sdarts_jax.search import run_search
     counts = collections.Counter()
     jax.monitoring.register_event_duration_secs_listener(
